@@ -1,0 +1,203 @@
+"""Plain dataclass configs, read from ``models/*.toml``.
+
+Quantities are written with units in TOML (``tau_mem = "10 ms"``) and stored in spikeff's internal
+units (seconds, millivolts, hertz; see :mod:`spikeff.units`). Every field is checked when the
+config is made, with an error that names the field and the allowed values.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .units import parse_quantity
+
+ENCODINGS = ("rate", "latency")
+GOODNESS_NAMES = ("energy_relu", "energy", "relu_mean", "energy_mean_relu")
+LOSSES = ("threshold", "symba")
+NEGATIVES = ("random", "hard")
+OPTIMIZERS = ("adam", "sgd")
+PREDICT_METHODS = ("goodness", "readout")
+DTYPES = ("float32", "float64")
+ENGINES = ("vectorized", "brian2")
+
+
+class ConfigError(ValueError):
+    """A config field holds a value outside its allowed range."""
+
+
+def _check(cond: bool, name: str, msg: str):
+    if not cond:
+        raise ConfigError(f"{name}: {msg}")
+
+
+def _check_choice(value, name, choices):
+    _check(value in choices, name, f"{value!r} is not valid; choose one of {list(choices)}")
+
+
+def _check_pos(value, name, allow_zero=False):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value >= 0 if allow_zero else value > 0)
+    _check(ok, name, f"must be a finite number {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class NeuronConfig:
+    """Current-based LIF neuron (all layers share it). Times in s, potentials in mV.
+
+    Continuous model (what Brian2 shows)::
+
+        tau_syn du/dt = -u                      (+ w on each presynaptic spike, one step late)
+        tau_mem dv/dt = -v + R (u + b),   R = 1/(1 - exp(-dt/tau_mem)) ~ tau_mem/dt
+        v > v_threshold  ->  spike, v = v_reset, held for `refractory`
+
+    Potentials are measured from rest (v_rest = 0 mV), as in Lava. The exact discrete update is
+    in :mod:`spikeff.neuron`.
+    """
+
+    dt: float = 1e-3
+    tau_syn: float = 5e-3
+    tau_mem: float = 10e-3
+    v_threshold: float = 1.0
+    v_reset: float = 0.0
+    refractory: float = 0.0
+
+    _DIMS = {"dt": "time", "tau_syn": "time", "tau_mem": "time", "v_threshold": "voltage",
+             "v_reset": "voltage", "refractory": "time"}
+
+    def __post_init__(self):
+        _check_pos(self.dt, "neuron.dt")
+        _check_pos(self.tau_syn, "neuron.tau_syn")
+        _check_pos(self.tau_mem, "neuron.tau_mem")
+        _check(self.tau_syn >= self.dt, "neuron.tau_syn", f"must be >= dt ({self.dt} s), got {self.tau_syn} s")
+        _check(self.tau_mem >= self.dt, "neuron.tau_mem", f"must be >= dt ({self.dt} s), got {self.tau_mem} s")
+        _check_pos(self.v_threshold, "neuron.v_threshold")
+        _check(isinstance(self.v_reset, (int, float)) and math.isfinite(self.v_reset)
+               and self.v_reset < self.v_threshold, "neuron.v_reset",
+               f"must be finite and below v_threshold, got {self.v_reset}")
+        _check_pos(self.refractory, "neuron.refractory", allow_zero=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "NeuronConfig":
+        unknown = set(d) - set(cls._DIMS)
+        _check(not unknown, "neuron", f"unknown keys {sorted(unknown)}; valid keys are {sorted(cls._DIMS)}")
+        return cls(**{k: parse_quantity(v, cls._DIMS[k], f"neuron.{k}") for k, v in d.items()})
+
+
+@dataclass(frozen=True)
+class FFConfig:
+    """Everything that defines a spiking Forward-Forward network and its training.
+
+    Grouped in TOML under [network], [neuron], [encoding], [goodness], [training]; the sections only
+    organise the file, every key is a field of this class (or of :class:`NeuronConfig`).
+    """
+
+    # [network]
+    hidden_sizes: tuple = (500, 500)
+    n_steps: int = 20
+    weight_init: float = 1.0           # std of initial weights times sqrt(fan_in), in mV
+    learn_bias: bool = False
+    dtype: str = "float32"
+    engine: str = "vectorized"
+    chunk_steps: int = 10              # time steps simulated per GEMM (memory is O(chunk), not O(T))
+    # [encoding]
+    encoding: str = "rate"
+    max_rate: float = 500.0            # Hz at intensity 1 (rate code: p = x * max_rate * dt)
+    label_repeat: int = 1              # input channels per class for the label overlay
+    label_intensity: float = 1.0
+    # [goodness]
+    goodness: str = "energy_relu"
+    goodness_threshold: float = 1.0
+    goodness_layers: str = "all"       # "all" or "skip_first" (Hinton) for goodness prediction
+    loss: str = "threshold"
+    loss_sharpness: float = 1.0
+    negatives: str = "random"
+    # [training]
+    optimizer: str = "adam"
+    learning_rate: float = 0.01
+    batch_size: int = 64
+    epochs: int = 5
+    readout: bool = True
+    readout_learning_rate: float = 0.01
+    predict_method: str = "goodness"
+    eval_batch_size: int = 256
+    seed: int = 0
+    neuron: NeuronConfig = field(default_factory=NeuronConfig)
+
+    def __post_init__(self):
+        hs = self.hidden_sizes
+        _check(isinstance(hs, (tuple, list)) and len(hs) >= 1, "hidden_sizes",
+               f"must be a non-empty list of layer sizes, got {hs!r}")
+        for i, n in enumerate(hs):
+            _check(isinstance(n, int) and not isinstance(n, bool) and n > 0, "hidden_sizes",
+                   f"layer {i} size must be a positive integer, got {n!r}")
+        object.__setattr__(self, "hidden_sizes", tuple(hs))
+        for name in ("n_steps", "label_repeat", "batch_size", "chunk_steps", "eval_batch_size"):
+            v = getattr(self, name)
+            _check(isinstance(v, int) and not isinstance(v, bool) and v > 0, name,
+                   f"must be a positive integer, got {v!r}")
+        _check(isinstance(self.epochs, int) and self.epochs >= 0, "epochs", f"must be an integer >= 0, got {self.epochs!r}")
+        _check(isinstance(self.seed, int) and self.seed >= 0, "seed", f"must be an integer >= 0, got {self.seed!r}")
+        for name in ("weight_init", "max_rate", "label_intensity", "learning_rate", "loss_sharpness",
+                     "readout_learning_rate"):
+            _check_pos(getattr(self, name), name)
+        _check(isinstance(self.goodness_threshold, (int, float)) and math.isfinite(self.goodness_threshold),
+               "goodness_threshold", f"must be a finite number, got {self.goodness_threshold!r}")
+        _check_choice(self.encoding, "encoding", ENCODINGS)
+        _check_choice(self.goodness, "goodness", GOODNESS_NAMES)
+        _check_choice(self.loss, "loss", LOSSES)
+        _check_choice(self.negatives, "negatives", NEGATIVES)
+        _check_choice(self.optimizer, "optimizer", OPTIMIZERS)
+        _check_choice(self.predict_method, "predict_method", PREDICT_METHODS)
+        _check_choice(self.dtype, "dtype", DTYPES)
+        _check_choice(self.engine, "engine", ENGINES)
+        _check_choice(self.goodness_layers, "goodness_layers", ("all", "skip_first"))
+        _check(self.predict_method != "readout" or self.readout, "predict_method",
+               "'readout' needs readout = true")
+        if isinstance(self.neuron, dict):
+            object.__setattr__(self, "neuron", NeuronConfig.from_dict(self.neuron))
+
+    # -- (de)serialisation -------------------------------------------------------------------
+    def replace(self, **changes) -> "FFConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["hidden_sizes"] = list(self.hidden_sizes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FFConfig":
+        d = dict(d)
+        flat = {}
+        for key, value in d.items():
+            if key in ("network", "encoding", "goodness", "training") and isinstance(value, dict):
+                flat.update(value)
+            else:
+                flat[key] = value
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(flat) - names
+        _check(not unknown, "config", f"unknown keys {sorted(unknown)}; valid keys are {sorted(names)}")
+        if "max_rate" in flat:
+            flat["max_rate"] = parse_quantity(flat["max_rate"], "rate", "max_rate")
+        if "neuron" in flat and isinstance(flat["neuron"], dict):
+            flat["neuron"] = NeuronConfig.from_dict(flat["neuron"])
+        return cls(**flat)
+
+
+def load_config(path) -> FFConfig:
+    """Read an :class:`FFConfig` from a TOML file (see ``models/``)."""
+    try:
+        import tomllib  # Python >= 3.11
+    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model config {path} does not exist (see models/ for examples)")
+    with open(path, "rb") as f:
+        try:
+            d = tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return FFConfig.from_dict(d)

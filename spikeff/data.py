@@ -1,0 +1,159 @@
+"""Data sets and input checks.
+
+* ``digits``: scikit-learn's 8x8 digits (ships with sklearn, the embedded default), intensities
+  scaled to [0, 1], a fixed stratified 80/20 split.
+* ``fashion_mnist`` / ``mnist``: IDX files (``*-images-idx3-ubyte[.gz]``). Looked up in the
+  ``path`` argument, then ``$SPIKEFF_FASHION_MNIST`` / ``$SPIKEFF_MNIST``, then the Debian package
+  location ``/usr/share/datasets/fashion-mnist`` (``apt-get install dataset-fashion-mnist``).
+"""
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """Input data that spikeff cannot use (wrong shape, NaN, labels out of range, bad files)."""
+
+
+def check_X(X, n_features: int | None = None) -> np.ndarray:
+    try:
+        X = np.asarray(X, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataError("X: must be a numeric array of shape (n_samples, n_features)") from None
+    if X.ndim != 2:
+        raise DataError(f"X: must be 2-D (n_samples, n_features), got shape {X.shape}")
+    if X.shape[0] == 0:
+        raise DataError("X: is empty (0 samples)")
+    if n_features is not None and X.shape[1] != n_features:
+        raise DataError(f"X: has {X.shape[1]} features, but the network was built for {n_features}")
+    if not np.all(np.isfinite(X)):
+        raise DataError("X: contains NaN or infinite values")
+    if X.min() < 0 or X.max() > 1:
+        raise DataError(f"X: intensities must lie in [0, 1] (got min {X.min():g}, max {X.max():g}); "
+                        "scale the data first, e.g. X / X.max()")
+    return X
+
+
+def check_Xy(X, y, n_features: int | None = None, n_classes: int | None = None):
+    X = check_X(X, n_features)
+    y = np.asarray(y)
+    if y.ndim != 1 or len(y) != len(X):
+        raise DataError(f"y: must be 1-D with one label per sample ({len(X)}), got shape {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        if np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+            y = y.astype(np.int64)
+        else:
+            raise DataError(f"y: labels must be integers 0..n_classes-1, got dtype {y.dtype}")
+    if y.min() < 0 or (n_classes is not None and y.max() >= n_classes):
+        hi = "" if n_classes is None else f"..{n_classes - 1}"
+        raise DataError(f"y: labels must lie in 0{hi}, got min {y.min()}, max {y.max()}")
+    return X, y.astype(np.int64)
+
+
+@dataclass
+class Dataset:
+    name: str
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    n_classes: int
+    image_shape: tuple
+
+    def subset(self, n_train: int | None = None, n_test: int | None = None, seed: int = 0) -> "Dataset":
+        """A stratification-free random subset (for quick runs)."""
+        rng = np.random.default_rng(seed)
+        tr = rng.permutation(len(self.X_train))[:n_train] if n_train else slice(None)
+        te = rng.permutation(len(self.X_test))[:n_test] if n_test else slice(None)
+        return Dataset(self.name, self.X_train[tr], self.y_train[tr], self.X_test[te], self.y_test[te],
+                       self.n_classes, self.image_shape)
+
+
+def load_digits_dataset(test_size: float = 0.2, seed: int = 0) -> Dataset:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    d = load_digits()
+    X = d.data / 16.0
+    Xtr, Xte, ytr, yte = train_test_split(X, d.target, test_size=test_size, random_state=seed,
+                                          stratify=d.target)
+    return Dataset("digits", Xtr, ytr.astype(np.int64), Xte, yte.astype(np.int64), 10, (8, 8))
+
+
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+_ENV = {"fashion_mnist": "SPIKEFF_FASHION_MNIST", "mnist": "SPIKEFF_MNIST"}
+
+
+def read_idx(path) -> np.ndarray:
+    """Read an IDX file (optionally .gz) into a numpy array, with clear errors for bad files."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot read IDX file ({e}); the file may be truncated") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataError(f"{path}: not an unsigned-byte IDX file (bad magic number)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path}: truncated IDX header")
+    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    n = int(np.prod(dims))
+    if len(raw) - header != n:
+        raise DataError(f"{path}: IDX file is truncated or corrupt: header says {n} bytes of data "
+                        f"{dims}, file has {len(raw) - header}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _find(directory: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz"):
+        if (directory / name).is_file():
+            return directory / name
+    raise FileNotFoundError(stem)
+
+
+def load_idx_dataset(name: str = "fashion_mnist", path=None) -> Dataset:
+    """Load Fashion-MNIST or MNIST from IDX files (see module docstring for where it looks)."""
+    if name not in _ENV:
+        raise ValueError(f"dataset: {name!r} is not valid; choose one of {sorted(_ENV)}")
+    candidates = [Path(p) for p in (path, os.environ.get(_ENV[name])) if p]
+    if name == "fashion_mnist":
+        candidates.append(DEBIAN_FASHION)
+    for d in candidates:
+        try:
+            files = {k: _find(d, f"{k}-{kind}-idx{nd}-ubyte") for k, kind, nd in
+                     [("train", "images", 3), ("t10k", "images", 3)]}
+            labels = {k: _find(d, f"{k}-labels-idx1-ubyte") for k in ("train", "t10k")}
+        except FileNotFoundError:
+            continue
+        Xtr = read_idx(files["train"]).reshape(-1, 784) / 255.0
+        Xte = read_idx(files["t10k"]).reshape(-1, 784) / 255.0
+        ytr = read_idx(labels["train"]).astype(np.int64)
+        yte = read_idx(labels["t10k"]).astype(np.int64)
+        if len(Xtr) != len(ytr) or len(Xte) != len(yte):
+            raise DataError(f"{d}: image and label files have different numbers of samples")
+        return Dataset(name, Xtr, ytr, Xte, yte, 10, (28, 28))
+    hint = ("install the Debian package: apt-get install dataset-fashion-mnist"
+            if name == "fashion_mnist" else "download the four MNIST IDX files")
+    where = ", ".join(str(c) for c in candidates) or "(nowhere)"
+    raise FileNotFoundError(
+        f"{name}: IDX files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], t10k-...) "
+        f"not found in {where}. To get them, {hint}, or pass a directory with --data-path / "
+        f"${_ENV[name]}.")
+
+
+DATASETS = ("digits", "fashion_mnist", "mnist")
+
+
+def load_dataset(name: str, path=None) -> Dataset:
+    if name == "digits":
+        return load_digits_dataset()
+    if name in _ENV:
+        return load_idx_dataset(name, path)
+    raise ValueError(f"dataset: {name!r} is not valid; choose one of {list(DATASETS)}")

@@ -1,0 +1,74 @@
+"""Input encoding: pixel intensities in [0, 1] -> spike trains, and the FF label overlay.
+
+The label overlay appends ``n_classes * label_repeat`` input channels (Hinton's one-hot label,
+as extra channels): the channels of the given class get ``label_intensity``, the others 0. The
+*neutral* label (used by the one-pass readout) gives every class ``label_intensity / n_classes``.
+
+Spike trains are produced chunk by chunk from a seed, so a phase can be replayed with exactly the
+same input spikes (see :mod:`spikeff.engines.vectorized`) without storing them for all T.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+NEUTRAL = -1
+
+
+def overlay_labels(X: np.ndarray, labels: np.ndarray, n_classes: int, label_repeat: int = 1,
+                   label_intensity: float = 1.0) -> np.ndarray:
+    """Append the label channels to each row of ``X``. ``labels == NEUTRAL`` gives the neutral label."""
+    labels = np.asarray(labels)
+    B = X.shape[0]
+    lab = np.zeros((B, n_classes), dtype=X.dtype)
+    known = labels != NEUTRAL
+    lab[np.flatnonzero(known), labels[known]] = label_intensity
+    lab[~known] = label_intensity / n_classes
+    return np.concatenate([X, np.repeat(lab, label_repeat, axis=1)], axis=1)
+
+
+class SpikeSource:
+    """Deterministic spike trains for a batch of intensity vectors.
+
+    ``rows_per_noise``: rows ``k*r .. k*r + r - 1`` share the same random numbers (used so that
+    every candidate label of one sample sees the same image spikes during prediction).
+    """
+
+    def __init__(self, intensities: np.ndarray, encoding: str, n_steps: int, dt: float,
+                 max_rate: float, seed, rows_per_noise: int = 1, dtype=np.float32):
+        if encoding not in ("rate", "latency"):
+            raise ValueError(f"encoding: {encoding!r} is not valid; choose one of ['rate', 'latency']")
+        self.x = np.asarray(intensities, dtype=np.float64)
+        if self.x.ndim != 2:
+            raise ValueError(f"intensities must be 2-D (batch, channels), got shape {self.x.shape}")
+        if self.x.shape[0] % rows_per_noise:
+            raise ValueError("batch size must be a multiple of rows_per_noise")
+        self.encoding, self.n_steps, self.seed = encoding, n_steps, seed
+        self.rows_per_noise, self.dtype = rows_per_noise, dtype
+        self.p = np.clip(self.x * max_rate * dt, 0.0, 1.0)
+        if encoding == "latency":
+            # one spike per channel, earlier for brighter input; none for intensity 0
+            t = np.round((1.0 - np.clip(self.x, 0, 1)) * (n_steps - 1)).astype(np.int64)
+            self.spike_time = np.where(self.x > 0, t, -1)
+
+    @property
+    def shape(self):
+        return self.x.shape
+
+    def chunks(self, chunk_steps: int):
+        """Yield arrays of shape (k, batch, channels) covering steps 0..n_steps-1 in order."""
+        rng = np.random.default_rng(self.seed)
+        B, M = self.x.shape
+        for t0 in range(0, self.n_steps, chunk_steps):
+            k = min(chunk_steps, self.n_steps - t0)
+            if self.encoding == "rate":
+                noise = rng.random((k, B // self.rows_per_noise, M))
+                if self.rows_per_noise > 1:
+                    noise = np.repeat(noise, self.rows_per_noise, axis=1)
+                yield (noise < self.p).astype(self.dtype)
+            else:
+                steps = np.arange(t0, t0 + k)[:, None, None]
+                yield (self.spike_time[None] == steps).astype(self.dtype)
+
+    def all_steps(self) -> np.ndarray:
+        """All spikes, shape (n_steps, batch, channels) (for plots and tests; O(T) memory)."""
+        return np.concatenate(list(self.chunks(self.n_steps)), axis=0)

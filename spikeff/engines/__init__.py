@@ -1,0 +1,20 @@
+"""Simulation engines behind one function signature (see :func:`vectorized.run_phase`).
+
+Engines are looked up by name; optional ones are imported only when asked for.
+"""
+from __future__ import annotations
+
+import importlib
+
+_ENGINES = {"vectorized": "spikeff.engines.vectorized", "brian2": "spikeff.engines.brian2_engine"}
+
+
+def get_engine(name: str):
+    """Return the ``run_phase`` function of engine ``name``."""
+    if name not in _ENGINES:
+        raise ValueError(f"engine: {name!r} is not valid; choose one of {sorted(_ENGINES)}")
+    try:
+        module = importlib.import_module(_ENGINES[name])
+    except ModuleNotFoundError as e:
+        raise ImportError(f"engine {name!r} is not available: {e}") from None
+    return module.run_phase

@@ -1,0 +1,110 @@
+"""The FF loss of a layer, its modulator (third factor), and per-layer optimizers.
+
+Each layer learns alone: its loss depends only on its own goodness G (per sample), so
+``dL/dW = sum_b m_b * dG_b/dW`` with the per-sample modulator ``m_b = dL/dG_b`` computed here, and
+``dG_b/dW`` given by the eligibility-trace rule in the engines. No gradient crosses layers or time
+steps backwards.
+
+Losses (``s`` = ``loss_sharpness``, theta = ``goodness_threshold``):
+
+* ``threshold`` (Hinton): ``softplus(s (theta - G_pos)) + softplus(s (G_neg - theta))``, per pair
+* ``symba``: ``softplus(-s (G_pos - G_neg))`` (no threshold, only the separation counts)
+
+Both are divided by ``s`` so that the gradient scale does not depend on the sharpness.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def softplus(x):
+    return np.logaddexp(0.0, x)
+
+
+def sigmoid(x):
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def ff_loss(g_pos, g_neg, loss: str, threshold: float, sharpness: float):
+    """Return (mean loss, m_pos, m_neg): the loss and dL/dG per sample of each phase.
+
+    ``m`` is for the *mean* loss over the batch (already divided by the batch size).
+    """
+    g_pos = np.asarray(g_pos, dtype=np.float64)
+    g_neg = np.asarray(g_neg, dtype=np.float64)
+    B = g_pos.shape[0]
+    s = sharpness
+    if loss == "threshold":
+        lp = softplus(s * (threshold - g_pos)) / s
+        ln = softplus(s * (g_neg - threshold)) / s
+        value = float(np.mean(lp + ln))
+        m_pos = -sigmoid(s * (threshold - g_pos)) / B
+        m_neg = sigmoid(s * (g_neg - threshold)) / B
+    elif loss == "symba":
+        d = g_pos - g_neg
+        value = float(np.mean(softplus(-s * d) / s))
+        m_pos = -sigmoid(-s * d) / B
+        m_neg = -m_pos
+    else:
+        raise ValueError(f"loss: {loss!r} is not valid; choose one of ['threshold', 'symba']")
+    return value, m_pos, m_neg
+
+
+class Adam:
+    """Adam on a list of arrays (one optimizer per layer; plain numpy, no autograd)."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
+        self.lr, self.b1, self.b2, self.eps = lr, betas[0], betas[1], eps
+        self.m = [np.zeros_like(p) for p in params]
+        self.v = [np.zeros_like(p) for p in params]
+        self.t = 0
+
+    def step(self, params, grads):
+        self.t += 1
+        c1 = 1 - self.b1 ** self.t
+        c2 = 1 - self.b2 ** self.t
+        for p, g, m, v in zip(params, grads, self.m, self.v):
+            m *= self.b1
+            m += (1 - self.b1) * g
+            v *= self.b2
+            v += (1 - self.b2) * np.square(g)
+            p -= (self.lr / c1) * m / (np.sqrt(v / c2) + self.eps)
+
+    def state_dict(self):
+        return {"t": self.t, "m": self.m, "v": self.v}
+
+    def load_state_dict(self, d):
+        self.t = int(d["t"])
+        self.m = [np.array(a) for a in d["m"]]
+        self.v = [np.array(a) for a in d["v"]]
+
+
+class SGD:
+    """SGD with momentum."""
+
+    def __init__(self, params, lr=1e-2, momentum=0.9):
+        self.lr, self.mu = lr, momentum
+        self.m = [np.zeros_like(p) for p in params]
+        self.t = 0
+
+    def step(self, params, grads):
+        self.t += 1
+        for p, g, m in zip(params, grads, self.m):
+            m *= self.mu
+            m += g
+            p -= self.lr * m
+
+    def state_dict(self):
+        return {"t": self.t, "m": self.m, "v": []}
+
+    def load_state_dict(self, d):
+        self.t = int(d["t"])
+        self.m = [np.array(a) for a in d["m"]]
+
+
+def make_optimizer(name: str, params, lr: float):
+    if name == "adam":
+        return Adam(params, lr=lr)
+    if name == "sgd":
+        return SGD(params, lr=lr)
+    raise ValueError(f"optimizer: {name!r} is not valid; choose one of ['adam', 'sgd']")

@@ -1,0 +1,275 @@
+"""``FFNetwork``: a spiking Forward-Forward network with a scikit-learn-like API.
+
+    net = FFNetwork(load_config("models/digits.toml")).fit(X_train, y_train)
+    net.score(X_test, y_test); net.save("model.npz"); FFNetwork.load("model.npz")
+
+One training step on a batch (see :meth:`FFNetwork.train_batch`):
+
+1. negative labels are drawn (:mod:`spikeff.negatives`);
+2. the positive phase (true labels) and the negative phase (wrong labels) are simulated as two
+   separate epochs from rest, giving each layer's goodness per sample;
+3. each layer's FF loss gives a per-sample modulator (:mod:`spikeff.learning`);
+4. both phases are replayed with the modulators, accumulating each layer's local update
+   (:mod:`spikeff.engines.vectorized`); every layer takes one optimizer step;
+5. the optional linear readout takes a step on the neutral-label activities.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .config import FFConfig
+from .data import check_X, check_Xy
+from .encoding import NEUTRAL, SpikeSource, overlay_labels
+from .engines import get_engine
+from .goodness import get_goodness
+from .learning import ff_loss, make_optimizer
+from .negatives import hard_wrong_labels, random_wrong_labels
+from .neuron import DiscreteLIF
+from .readout import LinearReadout, readout_features
+
+PHASE_IDS = {"positive": 1, "negative": 2, "neutral": 3, "eval": 4, "hard": 5}
+
+
+class NotFittedError(RuntimeError):
+    pass
+
+
+class FFNetwork:
+    """Spiking Forward-Forward network. ``config``: an :class:`FFConfig` (keyword overrides allowed)."""
+
+    def __init__(self, config: FFConfig | None = None, **overrides):
+        config = config or FFConfig()
+        self.config = config.replace(**overrides) if overrides else config
+        self.history_: list[dict] = []
+
+    # -- set-up ------------------------------------------------------------------------------
+    @property
+    def dtype(self):
+        return np.dtype(self.config.dtype)
+
+    @property
+    def lif(self) -> DiscreteLIF:
+        return DiscreteLIF.from_config(self.config.neuron)
+
+    def _check_fitted(self):
+        if not hasattr(self, "weights_"):
+            raise NotFittedError("this FFNetwork is not fitted yet: call fit(X, y) or FFNetwork.load(path)")
+
+    def initialize(self, n_features: int, n_classes: int):
+        """Create weights (and optimizers) for inputs of ``n_features`` and ``n_classes`` labels."""
+        c = self.config
+        rng = np.random.default_rng(np.random.SeedSequence([c.seed, 0]))
+        self.n_features_in_ = int(n_features)
+        self.n_classes_ = int(n_classes)
+        sizes = [n_features + n_classes * c.label_repeat, *c.hidden_sizes]
+        self.weights_, self.biases_ = [], []
+        for m, n in zip(sizes[:-1], sizes[1:]):
+            self.weights_.append((rng.standard_normal((n, m)) * c.weight_init / np.sqrt(m)).astype(self.dtype))
+            self.biases_.append(np.zeros(n, dtype=self.dtype))
+        self.optimizers_ = [make_optimizer(c.optimizer, [W, b], c.learning_rate)
+                            for W, b in zip(self.weights_, self.biases_)]
+        self.readout_ = (LinearReadout(sum(c.hidden_sizes), n_classes, c.readout_learning_rate)
+                         if c.readout else None)
+        self.epochs_done_ = 0
+        self.history_ = []
+        return self
+
+    # -- simulation ---------------------------------------------------------------------------
+    def _source(self, X, labels, seed, rows_per_noise=1):
+        c = self.config
+        inten = overlay_labels(np.asarray(X, dtype=np.float64), labels, self.n_classes_,
+                               c.label_repeat, c.label_intensity)
+        return SpikeSource(inten, c.encoding, c.n_steps, c.neuron.dt, c.max_rate, seed,
+                           rows_per_noise=rows_per_noise, dtype=self.dtype)
+
+    def _run(self, source, modulators=None, record=False):
+        c = self.config
+        run_phase = get_engine(c.engine)
+        biases = self.biases_ if c.learn_bias else [None] * len(self.weights_)
+        return run_phase(self.weights_, biases, self.lif, get_goodness(c.goodness), source,
+                         c.chunk_steps, modulators=modulators, record=record)
+
+    def simulate(self, X, labels=None, seed: int = 0, record: bool = True):
+        """Simulate one phase (labels: ints, or None for the neutral label) and return the PhaseResult,
+        with input spikes, spikes and membrane potentials of every layer when ``record``."""
+        self._check_fitted()
+        X = check_X(X, self.n_features_in_)
+        labels = np.full(len(X), NEUTRAL) if labels is None else np.broadcast_to(labels, (len(X),))
+        return self._run(self._source(X, labels, seed), record=record)
+
+    def goodness(self, X, labels, seed: int = 0) -> np.ndarray:
+        """Goodness of each layer for X with the given labels, shape (n_samples, n_layers)."""
+        res = self.simulate(X, labels, seed=seed, record=False)
+        return np.stack(res.goodness, axis=1)
+
+    def goodness_per_label(self, X, seed: int = 0) -> np.ndarray:
+        """Goodness of every candidate label, shape (n_samples, n_classes, n_layers).
+
+        All candidate labels of a sample see the same image spikes.
+        """
+        self._check_fitted()
+        X = check_X(X, self.n_features_in_)
+        C, out = self.n_classes_, []
+        bs = max(1, self.config.eval_batch_size // C)
+        for i in range(0, len(X), bs):
+            xb = X[i:i + bs]
+            rows = np.repeat(xb, C, axis=0)
+            labels = np.tile(np.arange(C), len(xb))
+            src = self._source(rows, labels, seed=[self.config.seed, PHASE_IDS["eval"], seed, i],
+                               rows_per_noise=C)
+            res = self._run(src)
+            out.append(np.stack(res.goodness, axis=1).reshape(len(xb), C, -1))
+        return np.concatenate(out) if out else np.zeros((0, C, len(self.weights_)))
+
+    def _layer_mask(self):
+        L = len(self.weights_)
+        if self.config.goodness_layers == "skip_first" and L > 1:
+            return np.arange(L) >= 1
+        return np.ones(L, dtype=bool)
+
+    def readout_features(self, X, seed: int = 0) -> np.ndarray:
+        self._check_fitted()
+        X = check_X(X, self.n_features_in_)
+        feats = []
+        for i in range(0, len(X), self.config.eval_batch_size):
+            xb = X[i:i + self.config.eval_batch_size]
+            src = self._source(xb, np.full(len(xb), NEUTRAL),
+                               seed=[self.config.seed, PHASE_IDS["neutral"], seed, i])
+            feats.append(readout_features(self._run(src).neuron_goodness))
+        return np.concatenate(feats)
+
+    # -- prediction ----------------------------------------------------------------------------
+    def predict(self, X, method: str | None = None) -> np.ndarray:
+        """Predicted labels. ``method``: "goodness" (try every label, highest summed goodness
+        wins) or "readout" (one pass with the neutral label and the linear readout)."""
+        method = method or self.config.predict_method
+        if method == "goodness":
+            scores = self.goodness_per_label(X)[:, :, self._layer_mask()].sum(axis=2)
+            return np.argmax(scores, axis=1)
+        if method == "readout":
+            self._check_fitted()
+            if self.readout_ is None:
+                raise ValueError("method='readout' needs a network trained with readout = true")
+            return self.readout_.predict(self.readout_features(X))
+        raise ValueError(f"method: {method!r} is not valid; choose one of ['goodness', 'readout']")
+
+    def score(self, X, y, method: str | None = None) -> float:
+        """Accuracy on (X, y)."""
+        self._check_fitted()
+        X, y = check_Xy(X, y, self.n_features_in_, self.n_classes_)
+        return float(np.mean(self.predict(X, method) == y))
+
+    # -- training ------------------------------------------------------------------------------
+    def train_batch(self, X, y, seed) -> dict:
+        """One FF step on a batch. Returns per-layer loss and mean goodness of both phases."""
+        c = self.config
+        rng = np.random.default_rng(np.random.SeedSequence(seed + [0]))
+        if c.negatives == "hard":
+            scores = self.goodness_per_label(X, seed=seed[-1])[:, :, self._layer_mask()].sum(axis=2)
+            y_neg = hard_wrong_labels(y, scores, rng)
+        else:
+            y_neg = random_wrong_labels(y, self.n_classes_, rng)
+        src_pos = self._source(X, y, seed + [PHASE_IDS["positive"]])
+        src_neg = self._source(X, y_neg, seed + [PHASE_IDS["negative"]])
+        pos = self._run(src_pos)                     # positive phase
+        neg = self._run(src_neg)                     # negative phase (separate simulation)
+        losses, m_pos, m_neg = [], [], []
+        for gp, gn in zip(pos.goodness, neg.goodness):
+            value, mp, mn = ff_loss(gp, gn, c.loss, c.goodness_threshold, c.loss_sharpness)
+            losses.append(value)
+            m_pos.append(mp)
+            m_neg.append(mn)
+        grads_pos = self._run(src_pos, modulators=m_pos).grads   # replay with the modulators
+        grads_neg = self._run(src_neg, modulators=m_neg).grads
+        for l, opt in enumerate(self.optimizers_):
+            dW = grads_pos[l][0] + grads_neg[l][0]
+            db = grads_pos[l][1] + grads_neg[l][1]
+            if not c.learn_bias:
+                db = np.zeros_like(db)
+            opt.step([self.weights_[l], self.biases_[l]], [dW, db])
+        out = {"loss": losses, "g_pos": [float(g.mean()) for g in pos.goodness],
+               "g_neg": [float(g.mean()) for g in neg.goodness]}
+        if self.readout_ is not None:
+            neutral = self._run(self._source(X, np.full(len(X), NEUTRAL), seed + [PHASE_IDS["neutral"]]))
+            out["readout_loss"] = self.readout_.step(readout_features(neutral.neuron_goodness), y)
+        for l, W in enumerate(self.weights_):
+            if not np.all(np.isfinite(W)):
+                raise FloatingPointError(f"layer {l} weights became non-finite (NaN/inf) during training; "
+                                         f"lower learning_rate or weight_init")
+        return out
+
+    def train_epoch(self, X, y, epoch: int, progress: bool = False) -> dict:
+        """One pass over (X, y) in shuffled batches. Returns the epoch's training metrics."""
+        c = self.config
+        rng = np.random.default_rng(np.random.SeedSequence([c.seed, 1, epoch]))
+        order = rng.permutation(len(X))
+        batches = [order[i:i + c.batch_size] for i in range(0, len(X), c.batch_size)]
+        it = batches
+        if progress:
+            from tqdm.auto import tqdm
+            it = tqdm(batches, desc=f"epoch {epoch + 1}/{c.epochs}", unit="batch", leave=False)
+        L = len(self.weights_)
+        acc = {"loss": np.zeros(L), "g_pos": np.zeros(L), "g_neg": np.zeros(L), "readout_loss": 0.0}
+        t0 = time.perf_counter()
+        for bi, idx in enumerate(it):
+            m = self.train_batch(X[idx], y[idx], seed=[c.seed, 2, epoch, bi])
+            w = len(idx) / len(X)
+            for k in ("loss", "g_pos", "g_neg"):
+                acc[k] += w * np.asarray(m[k])
+            acc["readout_loss"] += w * m.get("readout_loss", 0.0)
+            if progress:
+                it.set_postfix(loss=f"{np.mean(m['loss']):.3f}")
+        seconds = time.perf_counter() - t0
+        return {"epoch": epoch + 1, "ff_loss": acc["loss"].tolist(), "g_pos": acc["g_pos"].tolist(),
+                "g_neg": acc["g_neg"].tolist(),
+                "readout_loss": float(acc["readout_loss"]) if self.readout_ is not None else None,
+                "train_seconds": seconds, "samples_per_s": len(X) / seconds}
+
+    def fit(self, X, y, X_val=None, y_val=None, epochs: int | None = None, progress: bool = False,
+            callback=None, n_classes: int | None = None):
+        """Train from scratch for ``epochs`` (default: config.epochs). Returns self.
+
+        After each epoch, metrics (and accuracies on the validation set when given) are appended
+        to ``history_`` and ``callback(self, metrics)`` is called.
+        """
+        X, y = check_Xy(X, y)
+        n_classes = n_classes or int(y.max()) + 1
+        if n_classes < 2:
+            raise ValueError("y: need at least 2 classes to train a Forward-Forward network")
+        self.initialize(X.shape[1], n_classes)
+        return self.continue_fit(X, y, X_val, y_val, epochs=epochs, progress=progress, callback=callback)
+
+    def continue_fit(self, X, y, X_val=None, y_val=None, epochs=None, progress=False, callback=None):
+        """Train a fitted network further (epochs count on from ``epochs_done_``)."""
+        self._check_fitted()
+        X, y = check_Xy(X, y, self.n_features_in_, self.n_classes_)
+        if X_val is not None:
+            X_val, y_val = check_Xy(X_val, y_val, self.n_features_in_, self.n_classes_)
+        epochs = self.config.epochs if epochs is None else epochs
+        while self.epochs_done_ < epochs:
+            m = self.train_epoch(X, y, self.epochs_done_, progress=progress)
+            if X_val is not None:
+                t0 = time.perf_counter()
+                m["test_acc_goodness"] = self.score(X_val, y_val, "goodness")
+                if self.readout_ is not None:
+                    m["test_acc_readout"] = self.score(X_val, y_val, "readout")
+                m["test_acc"] = m[f"test_acc_{self.config.predict_method}"]
+                m["eval_seconds"] = time.perf_counter() - t0
+            self.epochs_done_ += 1
+            self.history_.append(m)
+            if callback is not None:
+                callback(self, m)
+        return self
+
+    # -- persistence ---------------------------------------------------------------------------
+    def save(self, path):
+        """Save weights, optimizer state, config and history (versioned .npz, written atomically)."""
+        from .io import save_network
+        save_network(self, path)
+
+    @classmethod
+    def load(cls, path) -> "FFNetwork":
+        from .io import load_network
+        return load_network(path)

@@ -1,0 +1,51 @@
+"""One-pass linear softmax readout (Hinton's cheaper alternative to trying every label).
+
+The network is run once with the *neutral* label; each layer's per-neuron goodness vector is
+scaled to unit length (so the readout sees the pattern, not the layer's total goodness) and the
+concatenation feeds a linear softmax classifier. The classifier is a single layer trained with
+its own local cross-entropy gradient on these detached features: nothing flows back into the
+spiking layers.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .learning import Adam
+
+
+def readout_features(neuron_goodness: list, eps: float = 1e-8) -> np.ndarray:
+    """Concatenate the per-layer unit-normalised per-neuron goodness vectors, shape (B, sum N)."""
+    feats = []
+    for g in neuron_goodness:
+        g = np.asarray(g, dtype=np.float64)
+        feats.append(g / (np.linalg.norm(g, axis=1, keepdims=True) + eps))
+    return np.concatenate(feats, axis=1)
+
+
+def softmax(z):
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class LinearReadout:
+    def __init__(self, n_features: int, n_classes: int, lr: float, dtype=np.float64):
+        self.W = np.zeros((n_features, n_classes), dtype=dtype)
+        self.b = np.zeros(n_classes, dtype=dtype)
+        self.opt = Adam([self.W, self.b], lr=lr)
+
+    def logits(self, F):
+        return F @ self.W + self.b
+
+    def step(self, F, y) -> float:
+        """One Adam step of cross-entropy on features F (B, D), labels y (B,). Returns the loss."""
+        P = softmax(self.logits(F))
+        B = len(y)
+        loss = float(-np.mean(np.log(P[np.arange(B), y] + 1e-12)))
+        P[np.arange(B), y] -= 1.0
+        P /= B
+        self.opt.step([self.W, self.b], [F.T @ P, P.sum(axis=0)])
+        return loss
+
+    def predict(self, F):
+        return np.argmax(self.logits(F), axis=1)
