@@ -18,6 +18,7 @@ GOODNESS_NAMES = ("energy_relu", "energy", "relu_mean", "energy_mean_relu")
 LOSSES = ("threshold", "symba")
 NEGATIVES = ("random", "hard")
 OPTIMIZERS = ("adam", "sgd")
+LR_SCHEDULES = ("constant", "cosine")
 PREDICT_METHODS = ("goodness", "readout")
 DTYPES = ("float32", "float64")
 ENGINES = ("vectorized", "brian2")
@@ -116,6 +117,7 @@ class FFConfig:
     # [training]
     optimizer: str = "adam"
     learning_rate: float = 0.01
+    lr_schedule: str = "constant"      # "constant" or "cosine" (to 5% of learning_rate at the last epoch)
     batch_size: int = 64
     epochs: int = 5
     readout: bool = True
@@ -149,6 +151,7 @@ class FFConfig:
         _check_choice(self.loss, "loss", LOSSES)
         _check_choice(self.negatives, "negatives", NEGATIVES)
         _check_choice(self.optimizer, "optimizer", OPTIMIZERS)
+        _check_choice(self.lr_schedule, "lr_schedule", LR_SCHEDULES)
         _check_choice(self.predict_method, "predict_method", PREDICT_METHODS)
         _check_choice(self.dtype, "dtype", DTYPES)
         _check_choice(self.engine, "engine", ENGINES)

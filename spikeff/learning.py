@@ -102,6 +102,15 @@ class SGD:
         self.m = [np.array(a) for a in d["m"]]
 
 
+def lr_factor(schedule: str, epoch: int, epochs: int) -> float:
+    """Multiplier of the base learning rate for ``epoch`` (0-based) of ``epochs``."""
+    if schedule == "constant" or epochs <= 1:
+        return 1.0
+    if schedule == "cosine":
+        return 0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * epoch / (epochs - 1)))
+    raise ValueError(f"lr_schedule: {schedule!r} is not valid; choose one of ['constant', 'cosine']")
+
+
 def make_optimizer(name: str, params, lr: float):
     if name == "adam":
         return Adam(params, lr=lr)

@@ -24,7 +24,7 @@ from .data import check_X, check_Xy
 from .encoding import NEUTRAL, SpikeSource, overlay_labels
 from .engines import get_engine
 from .goodness import get_goodness
-from .learning import ff_loss, make_optimizer
+from .learning import ff_loss, lr_factor, make_optimizer
 from .negatives import hard_wrong_labels, random_wrong_labels
 from .neuron import DiscreteLIF
 from .readout import LinearReadout, readout_features
@@ -205,6 +205,8 @@ class FFNetwork:
         c = self.config
         rng = np.random.default_rng(np.random.SeedSequence([c.seed, 1, epoch]))
         order = rng.permutation(len(X))
+        for opt in self.optimizers_:
+            opt.lr = c.learning_rate * lr_factor(c.lr_schedule, epoch, c.epochs)
         batches = [order[i:i + c.batch_size] for i in range(0, len(X), c.batch_size)]
         it = batches
         if progress:
