@@ -230,34 +230,38 @@ class FFNetwork:
                 "train_seconds": seconds, "samples_per_s": len(X) / seconds}
 
     def fit(self, X, y, X_val=None, y_val=None, epochs: int | None = None, progress: bool = False,
-            callback=None, n_classes: int | None = None):
+            callback=None, n_classes: int | None = None, val_methods=None):
         """Train from scratch for ``epochs`` (default: config.epochs). Returns self.
 
-        After each epoch, metrics (and accuracies on the validation set when given) are appended
-        to ``history_`` and ``callback(self, metrics)`` is called.
+        After each epoch, metrics (and accuracies on the validation set when given, for each of
+        ``val_methods``, default: goodness and readout) are appended to ``history_`` and
+        ``callback(self, metrics)`` is called.
         """
         X, y = check_Xy(X, y)
         n_classes = n_classes or int(y.max()) + 1
         if n_classes < 2:
             raise ValueError("y: need at least 2 classes to train a Forward-Forward network")
         self.initialize(X.shape[1], n_classes)
-        return self.continue_fit(X, y, X_val, y_val, epochs=epochs, progress=progress, callback=callback)
+        return self.continue_fit(X, y, X_val, y_val, epochs=epochs, progress=progress, callback=callback,
+                                 val_methods=val_methods)
 
-    def continue_fit(self, X, y, X_val=None, y_val=None, epochs=None, progress=False, callback=None):
+    def continue_fit(self, X, y, X_val=None, y_val=None, epochs=None, progress=False, callback=None,
+                     val_methods=None):
         """Train a fitted network further (epochs count on from ``epochs_done_``)."""
         self._check_fitted()
         X, y = check_Xy(X, y, self.n_features_in_, self.n_classes_)
         if X_val is not None:
             X_val, y_val = check_Xy(X_val, y_val, self.n_features_in_, self.n_classes_)
         epochs = self.config.epochs if epochs is None else epochs
+        if val_methods is None:
+            val_methods = ["goodness"] + (["readout"] if self.readout_ is not None else [])
         while self.epochs_done_ < epochs:
             m = self.train_epoch(X, y, self.epochs_done_, progress=progress)
             if X_val is not None:
                 t0 = time.perf_counter()
-                m["test_acc_goodness"] = self.score(X_val, y_val, "goodness")
-                if self.readout_ is not None:
-                    m["test_acc_readout"] = self.score(X_val, y_val, "readout")
-                m["test_acc"] = m[f"test_acc_{self.config.predict_method}"]
+                for method in val_methods:
+                    m[f"test_acc_{method}"] = self.score(X_val, y_val, method)
+                m["test_acc"] = m.get(f"test_acc_{self.config.predict_method}")
                 m["eval_seconds"] = time.perf_counter() - t0
             self.epochs_done_ += 1
             self.history_.append(m)
