@@ -74,6 +74,29 @@ def test_numpy_fixed_model_is_bit_exact_with_lava(trained, digits, quant):
 
 @pytest.mark.lava
 @needs_lava
+def test_biases_float_and_fixed_match_lava(trained, digits):
+    """With learned biases (bias_mant, bias_exp paths): Lava float == spikeff, Lava fixed == numpy."""
+    import copy
+    net = copy.deepcopy(trained)
+    net.config = net.config.replace(learn_bias=True)
+    rng = np.random.default_rng(0)
+    net.biases_ = [rng.normal(0, 0.05, W.shape[0]) for W in net.weights_]
+    X, y = digits.X_test[:2], digits.y_test[:2]
+    ref = net.simulate(X, y, seed=3, record=True)
+    got = lx.simulate(net, ref.record["input"], mode="floating_pt", backend="lava")
+    q = lx.quantize_network(net, X_calib=digits.X_train[:4])
+    assert all(np.any(ql.bias_mant != 0) for ql in q.layers)
+    fx = lx.run_on_lava(net, ref.record["input"], mode="fixed_pt", quant=q)
+    fx_np = lx.simulate_fixed_numpy(q, ref.record["input"])
+    for l in range(len(net.weights_)):
+        np.testing.assert_array_equal(got["spikes"][l], ref.record["spikes"][l])
+        np.testing.assert_allclose(got["v"][l], ref.record["v"][l], rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(fx["spikes"][l], fx_np["spikes"][l])
+        np.testing.assert_array_equal(fx["v_int"][l], fx_np["v"][l])
+
+
+@pytest.mark.lava
+@needs_lava
 def test_fixed_point_on_lava_agrees_on_most_decisions(trained, digits, quant):
     X = digits.X_test[:6]
     p_float = trained.predict(X, "goodness")
