@@ -112,7 +112,7 @@ def main(argv=None):
                 "float_lava_vs_spikeff_float32_spike_mismatch_frac": float(np.mean(ll_s != fl32.record["spikes"][l])),
                 "fixed_vs_float_spike_mismatch_frac": float(np.mean(lf_s != ll_s)),
                 "spike_count_float": int(ll_s.sum()), "spike_count_fixed": int(lf_s.sum()),
-                "u_wraps": fx_np["saturation"][l]["u_wraps"], "v_clips": fx_np["saturation"][l]["v_clips"],
+                **fx_np["saturation"][l],
             })
         # Lava's own goodness decisions on the subset (fixed and float)
         mask = net._layer_mask()

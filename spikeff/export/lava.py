@@ -277,7 +277,8 @@ def simulate_fixed_numpy(qnet: QuantizedNetwork, input_spikes):
     """Bit-exact numpy reimplementation of the fixed-point Lava network on input spikes (T, B, M).
 
     Returns {"spikes": [(T,B,N) bool], "v": [(T,B,N) int64 pre-reset], "u": [...],
-    "saturation": [{"u_wraps", "v_clips"}]} per layer.
+    "saturation": [{"u_wraps", "v_clips", "a_in_abs_max", "a_in_bits_signed"}]} per layer
+    (``a_in``: the Dense output before the 6-bit shift into u).
     """
     x = np.asarray(input_spikes)
     T, B, _ = x.shape
@@ -315,7 +316,10 @@ def simulate_fixed_numpy(qnet: QuantizedNetwork, input_spikes):
         out["spikes"].append(s_rec)
         out["v"].append(v_rec)
         out["u"].append(u_rec)
-        out["saturation"].append({"u_wraps": wraps, "v_clips": clips})
+        a_max = int(np.abs(acc).max(initial=0))
+        out["saturation"].append({"u_wraps": wraps, "v_clips": clips, "a_in_abs_max": a_max,
+                                  # Lava's Python model does not limit a_in; Loihi's port is 16-bit
+                                  "a_in_bits_signed": int(a_max).bit_length() + 1})
         x = s_rec
     return out
 
