@@ -142,6 +142,31 @@ def cmd_demo(args):
     return 0
 
 
+def cmd_export(args):
+    """Export a saved network to Lava (parameters .npz, float + Loihi 2 fixed point) or NIR (.nir)."""
+    from .network import FFNetwork
+    net = FFNetwork.load(args.model)
+    out = Path(args.out)
+    if args.to == "nir":
+        from .export.nir import export_nir
+        export_nir(net, out, dt=args.dt)
+        print(f"spikeff export: wrote NIR graph of {len(net.weights_)} layers to {out}")
+        return 0
+    from .export.lava import export_lava
+    X_calib = None
+    if args.calib_dataset:
+        from .data import load_dataset
+        X_calib = load_dataset(args.calib_dataset, args.data_path).X_train[:args.n_calib]
+    report = export_lava(net, out, X_calib=X_calib, headroom=args.headroom)
+    report_path = out.with_suffix(".quantization.json")
+    _write_json(report_path, report)
+    for l, info in enumerate(report["layers"]):
+        print(f"layer {l}: weight_exp {info['weight_exp']}, vth {info['vth']}, {info['scale_int_per_mV']:.0f} "
+              f"units/mV, {info['weights_clipped']} weights clipped, du {info['du']}, dv {info['dv']}")
+    print(f"spikeff export: wrote Lava parameters to {out} and the quantization report to {report_path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="spikeff", description=(
         "Train spiking neural networks with Forward-Forward, evaluate them, and run the demo."))
@@ -181,6 +206,22 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.set_defaults(func=cmd_demo)
+
+    x = sub.add_parser("export", help="export a saved network to Lava or NIR",
+                       description="Export a saved network: --to lava writes float and Loihi 2 fixed-point "
+                                   "parameters (.npz) and a quantization report (.quantization.json); "
+                                   "--to nir writes a NIR graph (HDF5).")
+    x.add_argument("model", help="model.npz written by train")
+    x.add_argument("--to", required=True, choices=["lava", "nir"], help="target format")
+    x.add_argument("--out", required=True, help="output file")
+    x.add_argument("--dt", type=float, default=None, help="NIR: time step in seconds (default: the model's dt)")
+    x.add_argument("--calib-dataset", default=None, choices=["digits", "fashion_mnist", "mnist"],
+                   help="Lava: calibrate the u/v ranges on this data set's training samples "
+                        "(default: a worst-case bound)")
+    x.add_argument("--data-path", default=None, help="directory with IDX files")
+    x.add_argument("--n-calib", type=int, default=32, help="Lava: calibration samples (default: 32)")
+    x.add_argument("--headroom", type=float, default=2.0, help="Lava: state range headroom factor (default: 2)")
+    x.set_defaults(func=cmd_export)
     return p
 
 
