@@ -393,8 +393,10 @@ def _client(scheduler, n_workers: int, processes: bool):
     """(client, cluster or None). ``scheduler``: None (a new LocalCluster), an address or a Client."""
     distributed = _import_distributed()
     if scheduler is None:
+        # loopback only, random ports; the scheduler's HTTP server would otherwise try port 8787
         cluster = distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=processes,
-                                           host="127.0.0.1", dashboard_address=None)
+                                           protocol="tcp://", host="127.0.0.1", dashboard_address=None,
+                                           scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
         return distributed.Client(cluster), cluster
     if isinstance(scheduler, distributed.Client):
         return scheduler, None
