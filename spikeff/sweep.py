@@ -207,6 +207,10 @@ def load_sweep(spec) -> dict:
     if not isinstance(variants, list):
         raise SweepError("variants: expected a list of tables ([[variants]] in TOML)")
     out["variants"] = [_changes(v, f"variants[{i}]") for i, v in enumerate(variants)]
+    for i, v in enumerate(out["variants"]):
+        both = sorted(set(v) & set(grid))
+        if both:
+            raise SweepError(f"variants[{i}]: {both} also in [grid]; a key is either swept or set per variant")
     seeds = raw.get("seeds", [None])
     seeds = [seeds] if isinstance(seeds, int) else seeds
     if not isinstance(seeds, list) or not seeds or not all(
@@ -224,7 +228,7 @@ def expand(spec: dict) -> list:
     runs, names = [], {}
     for variant in variants:
         for point in grid_points:
-            params = {**variant, **point}
+            params = {**point, **variant}  # grid keys first: the plot's x axis is the first one
             for seed in spec["seeds"]:
                 changes = dict(spec["overrides"], **params)
                 if spec["epochs"] is not None:
@@ -367,7 +371,7 @@ def plot_sweep(rows: list, param_keys: list, path=None, metric: str = "test_acc"
         xv = sorted(by_x)
         mean = np.array([np.mean(by_x[x]) for x in xv])
         std = np.array([np.std(by_x[x]) for x in xv])
-        label = ", ".join(f"{k}={v}" for k, v in zip(others, g)) or "mean ± std over seeds"
+        label = ", ".join(f"{k}={v}" for k, v in zip(others, g) if v != "") or "mean ± std over seeds"
         line, = ax.plot(xv, mean, marker="o", label=label)
         ax.fill_between(xv, mean - std, mean + std, color=line.get_color(), alpha=0.2)
         ax.scatter([pos(r.get(xkey)) for r in rs], [r[metric] for r in rs], color=line.get_color(), s=10, alpha=0.6)

@@ -46,7 +46,7 @@ def test_expand_grid_variants_seeds_and_keys():
     assert r["config"].goodness == "energy" and r["config"].neuron.tau_mem == pytest.approx(0.010)
     assert r["config"].seed == 4 and r["config"].epochs == 1 and r["config"].hidden_sizes == (20,)
     assert r["config"].neuron.tau_syn == pytest.approx(0.005)  # from models/digits.toml
-    assert r["name"] == "goodness=energy__loss_sharpness=1__neuron.tau_mem=10ms__seed=4"
+    assert r["name"] == "loss_sharpness=1__neuron.tau_mem=10ms__goodness=energy__seed=4"
     assert sw.run_name(r["params"], 4) == r["name"]  # stable
     last = runs[-1]
     assert last["config"].learning_rate == 0.003 and last["config"].neuron.tau_mem == pytest.approx(0.020)
@@ -60,6 +60,8 @@ def test_sweep_file_errors(tmp_path):
         sw.load_sweep(tiny_spec(gird={"loss_sharpness": [1.0]}))
     with pytest.raises(sw.SweepError, match="non-empty list"):
         sw.load_sweep(tiny_spec(grid={"loss_sharpness": []}))
+    with pytest.raises(sw.SweepError, match="also in"):
+        sw.load_sweep(tiny_spec(variants=[{"loss_sharpness": 2.0}]))
     with pytest.raises(sw.SweepError, match="same parameters"):
         sw.expand(sw.load_sweep(tiny_spec(grid={"loss_sharpness": [1.0, 1.0]})))
     with pytest.raises(FileNotFoundError):
@@ -172,3 +174,7 @@ def test_cli_sweep_with_scheduler_address(tmp_path, cluster, capsys):
     assert main(["sweep", str(f), "--scheduler", cluster.scheduler_address, "--out", str(out)]) == 0
     assert "2 completed before" in capsys.readouterr().out
     assert main(["sweep", str(tmp_path / "missing.toml"), "--out", str(out)]) == 2
+    bad = tmp_path / "bad.toml"
+    bad.write_text('config = "digits"\n[grid]\nloss_sharpness = [-1.0]\n')
+    assert main(["sweep", str(bad), "--out", str(tmp_path / "bad")]) == 1  # a failed run: exit status 1
+    assert "1 failed" in capsys.readouterr().out
