@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("sweep", help="sweep file (TOML), e.g. models/sweeps/digits_sharpness.toml")
     s.add_argument("--scheduler", default=None,
                    help="address of an existing dask scheduler, e.g. tcp://127.0.0.1:8786 (default: a local cluster)")
-    s.add_argument("--workers", type=int, default=2, help="workers of the local cluster (default: 2)")
+    s.add_argument("--workers", type=int, default=2, help="workers of the local cluster (default: 2; ignored with --scheduler)")
     s.add_argument("--out", default=None, help="sweep directory (default: runs/sweeps/NAME)")
     s.set_defaults(func=cmd_sweep)
     return p

@@ -157,11 +157,12 @@ def _fmt_value(v) -> str:
     return str(v)
 
 
-def run_name(params: dict, seed: int) -> str:
-    """Stable directory name of a run: ``loss_sharpness=3__neuron.tau_mem=20ms__seed=0``."""
+def run_name(params: dict, seed: int, digest: bool = False) -> str:
+    """Stable directory name of a run: ``loss_sharpness=3__neuron.tau_mem=20ms__seed=0``; long names
+    (or, with ``digest``, any) end in a hash of the parameters."""
     parts = [f"{k}={_fmt_value(v)}" for k, v in params.items()] + [f"seed={seed}"]
     name = re.sub(r"[^A-Za-z0-9._=+-]", "", "__".join(parts))
-    if len(name) > 100:
+    if digest or len(name) > 100:
         digest = hashlib.sha1(json.dumps([params, seed], sort_keys=True, default=str).encode()).hexdigest()
         name = f"{name[:80]}__{digest[:10]}"
     return name
@@ -211,6 +212,10 @@ def load_sweep(spec) -> dict:
         both = sorted(set(v) & set(grid))
         if both:
             raise SweepError(f"variants[{i}]: {both} also in [grid]; a key is either swept or set per variant")
+    for where, d in [("overrides", out["overrides"]), ("grid", grid)] + [
+            (f"variants[{i}]", v) for i, v in enumerate(out["variants"])]:
+        if "seed" in d:
+            raise SweepError(f"{where}: set seeds with the top-level 'seeds' list, not 'seed'")
     seeds = raw.get("seeds", [None])
     seeds = [seeds] if isinstance(seeds, int) else seeds
     if not isinstance(seeds, list) or not seeds or not all(
@@ -230,9 +235,10 @@ def expand(spec: dict) -> list:
         for point in grid_points:
             params = {**point, **variant}  # grid keys first: the plot's x axis is the first one
             for seed in spec["seeds"]:
-                changes = dict(spec["overrides"], **params)
+                changes = dict(spec["overrides"])
                 if spec["epochs"] is not None:
                     changes["epochs"] = spec["epochs"]
+                changes.update(params)  # swept values win over overrides and the epochs setting
                 if seed is not None:
                     changes["seed"] = seed
                 run = {"params": params, "config": None, "config_error": None}
@@ -244,8 +250,11 @@ def expand(spec: dict) -> list:
                     run["seed"] = seed
                 run["name"] = run_name(params, run["seed"])
                 if run["name"] in names:
-                    raise SweepError(f"sweep: two runs with the same parameters and seed ({run['name']}); "
-                                     "remove the duplicate value or variant")
+                    other = names[run["name"]]
+                    if _json_roundtrip([other["params"], other["seed"]]) == _json_roundtrip([params, run["seed"]]):
+                        raise SweepError(f"sweep: two runs with the same parameters and seed ({run['name']}); "
+                                         "remove the duplicate value or variant")
+                    run["name"] = run_name(params, run["seed"], digest=True)  # names equal once sanitized
                 names[run["name"]] = run
                 runs.append(run)
     return runs

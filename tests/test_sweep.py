@@ -51,6 +51,10 @@ def test_expand_grid_variants_seeds_and_keys():
     last = runs[-1]
     assert last["config"].learning_rate == 0.003 and last["config"].neuron.tau_mem == pytest.approx(0.020)
     assert last["config"].goodness == "energy_relu"
+    # swept values win over the epochs setting; names that collide once sanitized get a hash
+    runs = sw.expand(sw.load_sweep(tiny_spec(grid={"epochs": [2], "neuron.tau_mem": ["10 ms", "10ms"]})))
+    assert [r["config"].epochs for r in runs] == [2] * 4
+    assert len({r["name"] for r in runs}) == 4
 
 
 def test_sweep_file_errors(tmp_path):
@@ -64,6 +68,8 @@ def test_sweep_file_errors(tmp_path):
         sw.load_sweep(tiny_spec(variants=[{"loss_sharpness": 2.0}]))
     with pytest.raises(sw.SweepError, match="same parameters"):
         sw.expand(sw.load_sweep(tiny_spec(grid={"loss_sharpness": [1.0, 1.0]})))
+    with pytest.raises(sw.SweepError, match="seeds"):
+        sw.load_sweep(tiny_spec(grid={"seed": [1, 2]}))
     with pytest.raises(FileNotFoundError):
         sw.load_sweep(tiny_spec(config="no_such_model"))
     with pytest.raises(sw.SweepError, match="n_workers"):
