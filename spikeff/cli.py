@@ -1,4 +1,4 @@
-"""The ``spikeff`` command line: ``train``, ``eval``, ``demo``.
+"""The ``spikeff`` command line: ``train``, ``eval``, ``demo``, ``sweep``.
 
 Run ``spikeff COMMAND --help`` for the options of each command.
 """
@@ -167,6 +167,15 @@ def cmd_export(args):
     return 0
 
 
+def cmd_sweep(args):
+    from .sweep import run_sweep
+    rows = run_sweep(args.sweep, args.out, scheduler=args.scheduler, n_workers=args.workers)
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "skipped", "failed")}
+    print(f"spikeff sweep: {len(rows)} runs: {counts['ok']} trained, {counts['skipped']} completed before, "
+          f"{counts['failed']} failed; table in sweep.csv, sweep.json, plot in sweep.png")
+    return 1 if counts["failed"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="spikeff", description=(
         "Train spiking neural networks with Forward-Forward, evaluate them, and run the demo."))
@@ -222,6 +231,17 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--n-calib", type=int, default=32, help="Lava: calibration samples (default: 32)")
     x.add_argument("--headroom", type=float, default=2.0, help="Lava: state range headroom factor (default: 2)")
     x.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("sweep", help="run a parameter sweep on dask.distributed",
+                       description="Expand a sweep file (models/sweeps/*.toml: base config, data set, grid "
+                                   "and/or variants, seeds) into runs, train each as a dask task and collect "
+                                   "sweep.csv, sweep.json and sweep.png. Re-running skips completed runs.")
+    s.add_argument("sweep", help="sweep file (TOML), e.g. models/sweeps/digits_sharpness.toml")
+    s.add_argument("--scheduler", default=None,
+                   help="address of an existing dask scheduler, e.g. tcp://127.0.0.1:8786 (default: a local cluster)")
+    s.add_argument("--workers", type=int, default=2, help="workers of the local cluster (default: 2; ignored with --scheduler)")
+    s.add_argument("--out", default=None, help="sweep directory (default: runs/sweeps/NAME)")
+    s.set_defaults(func=cmd_sweep)
     return p
 
 
