@@ -147,7 +147,7 @@ def train_run(config, dataset, out_dir: Path, epochs=None, progress=True, n_trai
         with _sigint_deferred():
             net.save(out_dir / "model.npz")
             _write_json(out_dir / "metrics.json", summary)
-        saved["epoch"] = net.epochs_done_
+            saved["epoch"] = net.epochs_done_      # before a held Ctrl-C is raised
         log(f"epoch {m['epoch']:3d}: FF loss {' '.join(f'{x:.3f}' for x in m['ff_loss'])} | "
             f"test acc goodness {m.get('test_acc_goodness', float('nan')):.4f}"
             + (f", readout {m['test_acc_readout']:.4f}" if m.get("test_acc_readout") is not None else "")

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from spikeff import CheckpointError, ConfigError, DataError, FFConfig, FFNetwork, NeuronConfig, load_config
 from spikeff import cli
-from spikeff.data import load_idx_dataset, read_idx
+from spikeff.data import load_idx_dataset
 from spikeff.encoding import SpikeSource
 from spikeff.engines.vectorized import run_phase
 from spikeff.goodness import available_goodness, get_goodness
@@ -575,3 +575,19 @@ def test_ctrl_c_is_held_while_a_checkpoint_is_written():
             done.append("wrote")                 # not cut short by the signal
     assert done == ["wrote"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_during_the_first_checkpoint_write_reports_it(tmp_path, capsys, monkeypatch):
+    import spikeff.io as sio
+    real = sio.atomic_write_bytes
+
+    def write_then_ctrl_c(path, data):       # Ctrl-C arrives while model.npz is being written
+        os.kill(os.getpid(), signal.SIGINT)
+        real(path, data)
+    monkeypatch.setattr(sio, "atomic_write_bytes", write_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        cli.train_run(load_config(tiny_toml(tmp_path)), "digits", tmp_path / "run", progress=False,
+                      n_train=60, n_test=20, plots=False, log=lambda m: None)
+    assert "holds epoch 1" in capsys.readouterr().err
+    assert FFNetwork.load(tmp_path / "run" / "model.npz").epochs_done_ == 1
+    assert len(json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"]) == 1
