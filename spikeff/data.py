@@ -130,7 +130,7 @@ def _find(directory: Path, stem: str) -> Path:
 def load_idx_dataset(name: str = "fashion_mnist", path=None) -> Dataset:
     """Load Fashion-MNIST or MNIST from IDX files (see module docstring for where it looks)."""
     if name not in _ENV:
-        raise ValueError(f"dataset: {name!r} is not valid; choose one of {sorted(_ENV)}")
+        raise DataError(f"dataset: {name!r} is not valid; choose one of {sorted(_ENV)}")
     candidates = [Path(p) for p in (path, os.environ.get(_ENV[name])) if p]
     if name == "fashion_mnist":
         candidates.append(DEBIAN_FASHION)
@@ -173,4 +173,4 @@ def load_dataset(name: str, path=None) -> Dataset:
         return load_digits_dataset()
     if name in _ENV:
         return load_idx_dataset(name, path)
-    raise ValueError(f"dataset: {name!r} is not valid; choose one of {list(DATASETS)}")
+    raise DataError(f"dataset: {name!r} is not valid; choose one of {list(DATASETS)}")

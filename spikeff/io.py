@@ -111,6 +111,12 @@ def load_network(path):
     missing = [k for k in ("config", "n_features_in", "n_classes", "epochs_done", "history") if k not in meta]
     if missing:
         raise CheckpointError(f"{path}: checkpoint metadata lacks {missing}")
+    for key, low in (("n_features_in", 1), ("n_classes", 2), ("epochs_done", 0)):
+        if not isinstance(meta[key], int) or isinstance(meta[key], bool) or meta[key] < low:
+            raise CheckpointError(f"{path}: checkpoint metadata {key} must be an integer >= {low}, "
+                                  f"got {meta[key]!r}")
+    if not isinstance(meta["history"], list) or not isinstance(meta["config"], dict):
+        raise CheckpointError(f"{path}: checkpoint metadata is corrupt (history or config)")
     try:
         config = FFConfig.from_dict(meta["config"])
     except ConfigError as e:

@@ -278,9 +278,12 @@ class FFNetwork:
             m = self.train_epoch(X, y, self.epochs_done_, progress=progress)
             if X_val is not None:
                 t0 = time.perf_counter()
-                m["test_acc_goodness"] = self.score(X_val, y_val, "goodness")
-                if self.readout_ is not None:
-                    m["test_acc_readout"] = self.score(X_val, y_val, "readout")
+                try:
+                    m["test_acc_goodness"] = self.score(X_val, y_val, "goodness")
+                    if self.readout_ is not None:
+                        m["test_acc_readout"] = self.score(X_val, y_val, "readout")
+                except FloatingPointError as e:
+                    raise FloatingPointError(f"epoch {self.epochs_done_ + 1}, validation: {e}") from None
                 m["test_acc"] = m[f"test_acc_{self.config.predict_method}"]
                 m["eval_seconds"] = time.perf_counter() - t0
             self.epochs_done_ += 1

@@ -247,6 +247,7 @@ def _wider(meta):
     ("readout_missing", CheckpointError, "array readout_W has shape missing"),
     ("meta_keys", CheckpointError, "checkpoint metadata lacks ['history']"),
     ("bad_config", CheckpointError, "the config stored in the checkpoint is invalid: n_steps"),
+    ("bad_meta", CheckpointError, "checkpoint metadata n_classes must be an integer >= 2, got 'ten'"),
 ])
 def test_bad_checkpoint_gets_clear_error(tmp_path, tiny_model, damage, exc, match):
     bad = tmp_path / "bad.npz"
@@ -270,6 +271,7 @@ def test_bad_checkpoint_gets_clear_error(tmp_path, tiny_model, damage, exc, matc
             "readout_missing": {"array_change": lambda a: a.pop("readout_W"), "fix_checksum": True},
             "meta_keys": {"meta_change": lambda m: m.pop("history")},
             "bad_config": {"meta_change": lambda m: m["config"].update(n_steps=0)},
+            "bad_meta": {"meta_change": lambda m: m.update(n_classes="ten")},
         }[damage]
         _rewrite_checkpoint(tiny_model, bad, **change)
     with pytest.raises(exc) as e:
@@ -313,6 +315,10 @@ def test_cli_bad_inputs_exit_2_with_message(tmp_path, capsys, tiny_model):
     trunc = tmp_path / "trunc.npz"
     trunc.write_bytes(tiny_model.read_bytes()[:300])
     fake28 = _write_idx_set(tmp_path / "fmnist")
+    bad_run = tmp_path / "bad_run"                  # metrics.json names a data set that does not exist
+    bad_run.mkdir()
+    (bad_run / "model.npz").write_bytes(tiny_model.read_bytes())
+    (bad_run / "metrics.json").write_text(json.dumps({"data_args": {"dataset": "cifar"}}))
     cases = [
         (["train", "--config", bad_cfg, "--out", tmp_path / "r1"], "spikeff train: error: neuron.tau_mem"),
         (["train", "--config", tmp_path / "nope.toml"], "spikeff train: error: model config"),
@@ -322,6 +328,7 @@ def test_cli_bad_inputs_exit_2_with_message(tmp_path, capsys, tiny_model):
         (["train", "--config", blow, "--n-train", 60, "--n-test", 20, "--no-progress", "--out", tmp_path / "r4"],
          "epoch 1, batch 1/1: layer 0: goodness is non-finite"),
         (["train", "--resume", tmp_path / "void"], "--resume"),
+        (["train", "--resume", bad_run], "dataset: 'cifar' is not valid"),
         (["train", "--resume", tmp_path, "--seed", 3], "--resume takes --seed from the run directory"),
         (["eval", trunc], "spikeff eval: error:"),
         (["eval", tmp_path / "none.npz"], "no such checkpoint"),
