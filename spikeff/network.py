@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from .config import FFConfig
-from .data import check_X, check_Xy
+from .data import DataError, check_X, check_Xy
 from .encoding import NEUTRAL, SpikeSource, overlay_labels
 from .engines import get_engine
 from .goodness import get_goodness
@@ -34,6 +34,14 @@ PHASE_IDS = {"positive": 1, "negative": 2, "neutral": 3, "eval": 4, "hard": 5}
 
 class NotFittedError(RuntimeError):
     pass
+
+
+def _check_finite_goodness(goodness, what: str):
+    """Raise FloatingPointError naming the first layer whose goodness is NaN or infinite."""
+    for l, g in enumerate(goodness):
+        if not np.all(np.isfinite(g)):
+            raise FloatingPointError(f"layer {l}: goodness is non-finite (NaN/inf) in the {what}: the "
+                                     "membrane potentials blew up; lower weight_init or learning_rate")
 
 
 class FFNetwork:
@@ -120,6 +128,7 @@ class FFNetwork:
             src = self._source(rows, labels, seed=[self.config.seed, PHASE_IDS["eval"], seed, i],
                                rows_per_noise=C)
             res = self._run(src)
+            _check_finite_goodness(res.goodness, "evaluation")
             out.append(np.stack(res.goodness, axis=1).reshape(len(xb), C, -1))
         return np.concatenate(out) if out else np.zeros((0, C, len(self.weights_)))
 
@@ -175,9 +184,14 @@ class FFNetwork:
         src_neg = self._source(X, y_neg, seed + [PHASE_IDS["negative"]])
         pos = self._run(src_pos)                     # positive phase
         neg = self._run(src_neg)                     # negative phase (separate simulation)
+        _check_finite_goodness(pos.goodness, "positive phase")
+        _check_finite_goodness(neg.goodness, "negative phase")
         losses, m_pos, m_neg = [], [], []
-        for gp, gn in zip(pos.goodness, neg.goodness):
+        for l, (gp, gn) in enumerate(zip(pos.goodness, neg.goodness)):
             value, mp, mn = ff_loss(gp, gn, c.loss, c.goodness_threshold, c.loss_sharpness)
+            if not np.isfinite(value):
+                raise FloatingPointError(f"layer {l}: the FF loss is non-finite ({value}); "
+                                         "lower learning_rate or weight_init")
             losses.append(value)
             m_pos.append(mp)
             m_neg.append(mn)
@@ -189,15 +203,19 @@ class FFNetwork:
             if not c.learn_bias:
                 db = np.zeros_like(db)
             opt.step([self.weights_[l], self.biases_[l]], [dW, db])
+        for l, (W, b) in enumerate(zip(self.weights_, self.biases_)):
+            if not (np.all(np.isfinite(W)) and np.all(np.isfinite(b))):
+                raise FloatingPointError(f"layer {l} weights became non-finite (NaN/inf) during training; "
+                                         f"lower learning_rate or weight_init")
         out = {"loss": losses, "g_pos": [float(g.mean()) for g in pos.goodness],
                "g_neg": [float(g.mean()) for g in neg.goodness]}
         if self.readout_ is not None:
             neutral = self._run(self._source(X, np.full(len(X), NEUTRAL), seed + [PHASE_IDS["neutral"]]))
+            _check_finite_goodness(neutral.goodness, "neutral-label phase")
             out["readout_loss"] = self.readout_.step(readout_features(neutral.neuron_goodness), y)
-        for l, W in enumerate(self.weights_):
-            if not np.all(np.isfinite(W)):
-                raise FloatingPointError(f"layer {l} weights became non-finite (NaN/inf) during training; "
-                                         f"lower learning_rate or weight_init")
+            if not (np.isfinite(out["readout_loss"]) and np.all(np.isfinite(self.readout_.W))):
+                raise FloatingPointError("readout: loss or weights became non-finite (NaN/inf); "
+                                         "lower readout_learning_rate")
         return out
 
     def train_epoch(self, X, y, epoch: int, progress: bool = False) -> dict:
@@ -216,7 +234,10 @@ class FFNetwork:
         acc = {"loss": np.zeros(L), "g_pos": np.zeros(L), "g_neg": np.zeros(L), "readout_loss": 0.0}
         t0 = time.perf_counter()
         for bi, idx in enumerate(it):
-            m = self.train_batch(X[idx], y[idx], seed=[c.seed, 2, epoch, bi])
+            try:
+                m = self.train_batch(X[idx], y[idx], seed=[c.seed, 2, epoch, bi])
+            except FloatingPointError as e:
+                raise FloatingPointError(f"epoch {epoch + 1}, batch {bi + 1}/{len(batches)}: {e}") from None
             w = len(idx) / len(X)
             for k in ("loss", "g_pos", "g_neg"):
                 acc[k] += w * np.asarray(m[k])
@@ -238,9 +259,12 @@ class FFNetwork:
         ``callback(self, metrics)`` is called.
         """
         X, y = check_Xy(X, y)
+        if n_classes is not None and (not isinstance(n_classes, (int, np.integer)) or n_classes <= y.max()):
+            raise DataError(f"n_classes: {n_classes!r} does not match the data: the labels go up to "
+                            f"{y.max()}, so n_classes must be an integer >= {y.max() + 1}")
         n_classes = n_classes or int(y.max()) + 1
         if n_classes < 2:
-            raise ValueError("y: need at least 2 classes to train a Forward-Forward network")
+            raise DataError("y: need at least 2 classes to train a Forward-Forward network")
         self.initialize(X.shape[1], n_classes)
         return self.continue_fit(X, y, X_val, y_val, epochs=epochs, progress=progress, callback=callback,
                                  val_methods=val_methods)
@@ -259,8 +283,11 @@ class FFNetwork:
             m = self.train_epoch(X, y, self.epochs_done_, progress=progress)
             if X_val is not None:
                 t0 = time.perf_counter()
-                for method in val_methods:
-                    m[f"test_acc_{method}"] = self.score(X_val, y_val, method)
+                try:
+                    for method in val_methods:
+                        m[f"test_acc_{method}"] = self.score(X_val, y_val, method)
+                except FloatingPointError as e:
+                    raise FloatingPointError(f"epoch {self.epochs_done_ + 1}, validation: {e}") from None
                 m["test_acc"] = m.get(f"test_acc_{self.config.predict_method}")
                 m["eval_seconds"] = time.perf_counter() - t0
             self.epochs_done_ += 1
