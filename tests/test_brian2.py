@@ -141,3 +141,33 @@ def test_cython_target_matches_vectorized(target):
     ref, res = run_both(W, b, lif, get_goodness("energy_relu"), pos,
                         modulators=[np.array([1.0, -1.0, 0.5]), np.array([-0.5, 2.0, 1.0])])
     assert_same_phase(ref, res, learn=True)
+
+
+def test_other_dt_and_time_constants(target):
+    """The Brian2 clock and the decay factors follow NeuronConfig (dt = 0.5 ms here)."""
+    target("numpy")
+    W, b, pos, _ = two_layer_problem(seed=3, B=3)
+    lif = DiscreteLIF.from_config(NeuronConfig(dt=5e-4, tau_syn=2e-3, tau_mem=8e-3, v_reset=-0.5))
+    assert lif.dt == 5e-4 and lif.tau_syn == 2e-3 and lif.tau_mem == 8e-3
+    ref, res = run_both(W, b, lif, get_goodness("energy_relu"), pos, modulators=[np.ones(3), -np.ones(3)])
+    assert_same_phase(ref, res, learn=True)
+
+
+def test_discrete_update_is_exact_solution_of_continuous_equations():
+    """One step of tau_syn du/dt = -u and tau_mem dv/dt = -v + R (u + b) (u held over the step),
+    integrated by Brian2's exact method, is the discrete update of spikeff.neuron."""
+    import brian2 as b2
+    b2.prefs.codegen.target = "numpy"
+    lif = DiscreteLIF.from_config(NeuronConfig(tau_syn=3e-3, tau_mem=7e-3))
+    R = 1 / (1 - lif.a_mem)
+    u0, v0, bias = np.array([0.3, -1.2, 2.0]), np.array([0.1, 0.9, -0.4]), np.array([0.05, 0.0, -0.1])
+    ns = {"tau_syn": lif.tau_syn * b2.second, "tau_mem": lif.tau_mem * b2.second, "R": R}
+    grp = b2.NeuronGroup(3, """du/dt = -u/tau_syn : volt
+                               dv/dt = (-v + R*(u_held + b))/tau_mem : volt
+                               u_held : volt (constant)
+                               b : volt (constant)""", method="exact", namespace=ns,
+                         dt=lif.dt * b2.second)
+    grp.u, grp.v, grp.u_held, grp.b = u0 * b2.mV, v0 * b2.mV, u0 * b2.mV, bias * b2.mV
+    b2.Network(grp).run(lif.dt * b2.second)
+    np.testing.assert_allclose(grp.u[:] / b2.mV, lif.a_syn * u0, rtol=1e-12)
+    np.testing.assert_allclose(grp.v[:] / b2.mV, lif.a_mem * v0 + u0 + bias, rtol=1e-12, atol=1e-12)

@@ -168,7 +168,7 @@ def run_phase(weights, biases, lif: DiscreteLIF, goodness: Goodness, source, chu
     def group(n, name, **kw):
         spec = layer_model(lif, **kw)
         grp = b2.NeuronGroup(n, spec["model"], threshold=spec["threshold"], reset=spec["reset"],
-                             method="euler", dt=dt, namespace=namespace, name=name)
+                             dt=dt, namespace=namespace, name=name)
         grp.run_regularly(spec["update"], when="groups", name=f"{name}_update")
         return grp
 
