@@ -309,7 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data-path", default=None, help="directory with IDX files (fashion_mnist/mnist)")
     t.add_argument("--epochs", type=int, default=None, help="override the config's number of epochs")
     t.add_argument("--seed", type=int, default=None, help="override the config's seed")
-    t.add_argument("--engine", default=None, choices=["vectorized", "brian2"], help="simulation engine")
+    t.add_argument("--engine", default=None, choices=["vectorized", "brian2"],
+                   help="simulation engine: vectorized (fast) or brian2 (slow reference; Brian2 "
+                        "target from $SPIKEFF_BRIAN2_TARGET=numpy|cython)")
     t.add_argument("--n-train", type=_positive_int, default=None, help="use a random subset of the training set")
     t.add_argument("--n-test", type=_positive_int, default=None, help="use a random subset of the test set")
     t.add_argument("--out", default="runs/train", help="output directory (default: runs/train)")
