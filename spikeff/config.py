@@ -136,6 +136,7 @@ class FFConfig:
     epochs: int = 5
     readout: bool = True
     readout_learning_rate: float = 0.01
+    readout_final_epochs: int = 0      # after the last epoch, refit the readout on fixed features
     predict_method: str = "goodness"
     eval_batch_size: int = 256
     seed: int = 0

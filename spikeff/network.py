@@ -112,25 +112,38 @@ class FFNetwork:
         res = self.simulate(X, labels, seed=seed, record=False)
         return np.stack(res.goodness, axis=1)
 
+    def label_sources(self, X, seed: int = 0):
+        """Yield ``(n, source)`` per evaluation batch: ``n`` samples, each repeated with every
+        candidate label (rows ``k*C .. k*C+C-1`` = sample k), all labels sharing the image spikes.
+        The one place that fixes evaluation batching and seeds (the Lava export reuses it)."""
+        self._check_fitted()
+        X = check_X(X, self.n_features_in_)
+        C = self.n_classes_
+        bs = max(1, self.config.eval_batch_size // C)
+        for i in range(0, len(X), bs):
+            xb = X[i:i + bs]
+            yield len(xb), self._source(np.repeat(xb, C, axis=0), np.tile(np.arange(C), len(xb)),
+                                        seed=[self.config.seed, PHASE_IDS["eval"], seed, i], rows_per_noise=C)
+
+    def neutral_sources(self, X, seed: int = 0):
+        """Yield ``(n, source)`` per evaluation batch with the neutral label (for the readout)."""
+        self._check_fitted()
+        X = check_X(X, self.n_features_in_)
+        bs = self.config.eval_batch_size
+        for i in range(0, len(X), bs):
+            xb = X[i:i + bs]
+            yield len(xb), self._source(xb, np.full(len(xb), NEUTRAL),
+                                        seed=[self.config.seed, PHASE_IDS["neutral"], seed, i])
+
     def goodness_per_label(self, X, seed: int = 0) -> np.ndarray:
         """Goodness of every candidate label, shape (n_samples, n_classes, n_layers).
 
         All candidate labels of a sample see the same image spikes.
         """
-        self._check_fitted()
-        X = check_X(X, self.n_features_in_)
-        C, out = self.n_classes_, []
-        bs = max(1, self.config.eval_batch_size // C)
-        for i in range(0, len(X), bs):
-            xb = X[i:i + bs]
-            rows = np.repeat(xb, C, axis=0)
-            labels = np.tile(np.arange(C), len(xb))
-            src = self._source(rows, labels, seed=[self.config.seed, PHASE_IDS["eval"], seed, i],
-                               rows_per_noise=C)
-            res = self._run(src)
-            _check_finite_goodness(res.goodness, "evaluation")
-            out.append(np.stack(res.goodness, axis=1).reshape(len(xb), C, -1))
-        return np.concatenate(out) if out else np.zeros((0, C, len(self.weights_)))
+        C, L = getattr(self, "n_classes_", 0), len(getattr(self, "weights_", []))
+        out = [np.stack(self._run(src).goodness, axis=1).reshape(n, C, -1)
+               for n, src in self.label_sources(X, seed)]
+        return np.concatenate(out) if out else np.zeros((0, C, L))
 
     def _layer_mask(self):
         L = len(self.weights_)
@@ -139,15 +152,9 @@ class FFNetwork:
         return np.ones(L, dtype=bool)
 
     def readout_features(self, X, seed: int = 0) -> np.ndarray:
-        self._check_fitted()
-        X = check_X(X, self.n_features_in_)
-        feats = []
-        for i in range(0, len(X), self.config.eval_batch_size):
-            xb = X[i:i + self.config.eval_batch_size]
-            src = self._source(xb, np.full(len(xb), NEUTRAL),
-                               seed=[self.config.seed, PHASE_IDS["neutral"], seed, i])
-            feats.append(readout_features(self._run(src).neuron_goodness))
-        return np.concatenate(feats)
+        """Unit-normalised per-neuron goodness of every layer with the neutral label (readout input)."""
+        return np.concatenate([readout_features(self._run(src).neuron_goodness)
+                               for _, src in self.neutral_sources(X, seed)])
 
     # -- prediction ----------------------------------------------------------------------------
     def predict(self, X, method: str | None = None) -> np.ndarray:
@@ -281,6 +288,10 @@ class FFNetwork:
             val_methods = ["goodness"] + (["readout"] if self.readout_ is not None else [])
         while self.epochs_done_ < epochs:
             m = self.train_epoch(X, y, self.epochs_done_, progress=progress)
+            if self.epochs_done_ + 1 == epochs and self.readout_ is not None and self.config.readout_final_epochs:
+                t0 = time.perf_counter()
+                m["readout_final_loss"] = self.fit_readout(X, y, self.config.readout_final_epochs)
+                m["readout_final_seconds"] = time.perf_counter() - t0
             if X_val is not None:
                 t0 = time.perf_counter()
                 try:
@@ -295,6 +306,29 @@ class FFNetwork:
             if callback is not None:
                 callback(self, m)
         return self
+
+    def fit_readout(self, X, y, epochs: int = 5, batch_size: int = 256) -> float:
+        """Retrain the linear readout on the network's current neutral-label features.
+
+        The features are computed once (one forward pass per sample, O(n_samples * n_hidden)
+        memory), so the readout no longer chases features that drift during FF training.
+        Returns the mean cross-entropy of the last epoch.
+        """
+        self._check_fitted()
+        if self.readout_ is None:
+            raise ValueError("fit_readout needs a network with readout = true")
+        X, y = check_Xy(X, y, self.n_features_in_, self.n_classes_)
+        F = self.readout_features(X, seed=PHASE_IDS["neutral"])
+        c = self.config
+        self.readout_ = LinearReadout(F.shape[1], self.n_classes_, c.readout_learning_rate)
+        rng = np.random.default_rng(np.random.SeedSequence([c.seed, 3]))
+        loss = float("nan")
+        for _ in range(epochs):
+            order = rng.permutation(len(F))
+            losses = [self.readout_.step(F[idx], y[idx]) * len(idx)
+                      for idx in (order[i:i + batch_size] for i in range(0, len(F), batch_size))]
+            loss = float(np.sum(losses) / len(F))
+        return loss
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, path):
