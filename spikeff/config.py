@@ -16,7 +16,7 @@ from .units import parse_quantity
 ENCODINGS = ("rate", "latency")
 GOODNESS_NAMES = ("energy_relu", "energy", "relu_mean", "energy_mean_relu")
 LOSSES = ("threshold", "symba")
-NEGATIVES = ("random", "hard")
+NEGATIVES = ("random", "hard", "readout_hard")
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
 PREDICT_METHODS = ("goodness", "readout")
@@ -176,6 +176,8 @@ class FFConfig:
         _check_choice(self.goodness_layers, "goodness_layers", ("all", "skip_first"))
         _check(self.predict_method != "readout" or self.readout, "predict_method",
                "'readout' needs readout = true")
+        _check(self.negatives != "readout_hard" or self.readout, "negatives",
+               "'readout_hard' needs readout = true")
         if isinstance(self.neuron, dict):
             object.__setattr__(self, "neuron", NeuronConfig.from_dict(self.neuron))
         _check(isinstance(self.neuron, NeuronConfig), "neuron",

@@ -5,13 +5,15 @@
 
 One training step on a batch (see :meth:`FFNetwork.train_batch`):
 
+0. (with the readout) a neutral-label pass gives the readout's input; the readout takes a step;
 1. negative labels are drawn (:mod:`spikeff.negatives`);
 2. the positive phase (true labels) and the negative phase (wrong labels) are simulated as two
    separate epochs from rest, giving each layer's goodness per sample;
 3. each layer's FF loss gives a per-sample modulator (:mod:`spikeff.learning`);
 4. both phases are replayed with the modulators, accumulating each layer's local update
-   (:mod:`spikeff.engines.vectorized`); every layer takes one optimizer step;
-5. the optional linear readout takes a step on the neutral-label activities.
+   (:mod:`spikeff.engines.vectorized`); every layer takes one optimizer step.
+
+The negative labels of step 1 may come from the readout's current beliefs ("readout_hard").
 """
 from __future__ import annotations
 
@@ -182,11 +184,24 @@ class FFNetwork:
         """One FF step on a batch. Returns per-layer loss and mean goodness of both phases."""
         c = self.config
         rng = np.random.default_rng(np.random.SeedSequence(seed + [0]))
+        out = {}
+        feats = None
+        if self.readout_ is not None:     # neutral-label pass: readout input (and readout_hard negatives)
+            neutral = self._run(self._source(X, np.full(len(X), NEUTRAL), seed + [PHASE_IDS["neutral"]]))
+            _check_finite_goodness(neutral.goodness, "neutral-label phase")
+            feats = readout_features(neutral.neuron_goodness)
         if c.negatives == "hard":
             scores = self.goodness_per_label(X, seed=seed[-1])[:, :, self._layer_mask()].sum(axis=2)
             y_neg = hard_wrong_labels(y, scores, rng)
+        elif c.negatives == "readout_hard":
+            y_neg = hard_wrong_labels(y, self.readout_.logits(feats), rng)
         else:
             y_neg = random_wrong_labels(y, self.n_classes_, rng)
+        if feats is not None:
+            out["readout_loss"] = self.readout_.step(feats, y)
+            if not (np.isfinite(out["readout_loss"]) and np.all(np.isfinite(self.readout_.W))):
+                raise FloatingPointError("readout: loss or weights became non-finite (NaN/inf); "
+                                         "lower readout_learning_rate")
         src_pos = self._source(X, y, seed + [PHASE_IDS["positive"]])
         src_neg = self._source(X, y_neg, seed + [PHASE_IDS["negative"]])
         pos = self._run(src_pos)                     # positive phase
@@ -214,15 +229,8 @@ class FFNetwork:
             if not (np.all(np.isfinite(W)) and np.all(np.isfinite(b))):
                 raise FloatingPointError(f"layer {l} weights became non-finite (NaN/inf) during training; "
                                          f"lower learning_rate or weight_init")
-        out = {"loss": losses, "g_pos": [float(g.mean()) for g in pos.goodness],
-               "g_neg": [float(g.mean()) for g in neg.goodness]}
-        if self.readout_ is not None:
-            neutral = self._run(self._source(X, np.full(len(X), NEUTRAL), seed + [PHASE_IDS["neutral"]]))
-            _check_finite_goodness(neutral.goodness, "neutral-label phase")
-            out["readout_loss"] = self.readout_.step(readout_features(neutral.neuron_goodness), y)
-            if not (np.isfinite(out["readout_loss"]) and np.all(np.isfinite(self.readout_.W))):
-                raise FloatingPointError("readout: loss or weights became non-finite (NaN/inf); "
-                                         "lower readout_learning_rate")
+        out.update(loss=losses, g_pos=[float(g.mean()) for g in pos.goodness],
+                   g_neg=[float(g.mean()) for g in neg.goodness])
         return out
 
     def train_epoch(self, X, y, epoch: int, progress: bool = False) -> dict:
