@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .backend import like, to_numpy
+
 FORMAT = "spikeff-network"
 FORMAT_VERSION = 1
 
@@ -51,13 +53,13 @@ def save_network(net, path):
     net._check_fitted()
     arrays = {}
     for l, (W, b) in enumerate(zip(net.weights_, net.biases_)):
-        arrays[f"W{l}"], arrays[f"b{l}"] = W, b
+        arrays[f"W{l}"], arrays[f"b{l}"] = to_numpy(W), to_numpy(b)
         st = net.optimizers_[l].state_dict()
         arrays[f"opt{l}_t"] = np.array(st["t"])
         for i, a in enumerate(st["m"]):
-            arrays[f"opt{l}_m{i}"] = a
+            arrays[f"opt{l}_m{i}"] = to_numpy(a)
         for i, a in enumerate(st["v"]):
-            arrays[f"opt{l}_v{i}"] = a
+            arrays[f"opt{l}_v{i}"] = to_numpy(a)
     if net.readout_ is not None:
         arrays["readout_W"], arrays["readout_b"] = net.readout_.W, net.readout_.b
         st = net.readout_.opt.state_dict()
@@ -105,7 +107,7 @@ def load_network(path):
             if name not in data or data[name].shape != target[l].shape:
                 got = data[name].shape if name in data else "missing"
                 raise CheckpointError(f"{path}: array {name} has shape {got}, the config needs {target[l].shape}")
-            target[l][...] = data[name]
+            target[l] = like(data[name].astype(net.dtype), target[l])
         opt = net.optimizers_[l]
         st = {"t": data[f"opt{l}_t"], "m": [data[f"opt{l}_m{i}"] for i in range(2)],
               "v": [data[f"opt{l}_v{i}"] for i in range(2) if f"opt{l}_v{i}" in data]}

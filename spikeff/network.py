@@ -7,7 +7,7 @@ One training step on a batch (see :meth:`FFNetwork.train_batch`):
 
 1. negative labels are drawn (:mod:`spikeff.negatives`);
 2. the positive phase (true labels) and the negative phase (wrong labels) are simulated as two
-   separate epochs from rest, giving each layer's goodness per sample;
+   separate epochs from rest (side by side as one batch), giving each layer's goodness per sample;
 3. each layer's FF loss gives a per-sample modulator (:mod:`spikeff.learning`);
 4. both phases are replayed with the modulators, accumulating each layer's local update
    (:mod:`spikeff.engines.vectorized`); every layer takes one optimizer step;
@@ -21,7 +21,8 @@ import numpy as np
 
 from .config import FFConfig
 from .data import check_X, check_Xy
-from .encoding import NEUTRAL, SpikeSource, overlay_labels
+from .encoding import NEUTRAL, ConcatSource, SpikeSource, overlay_labels
+from .backend import get_backend, to_backend
 from .engines import get_engine
 from .goodness import get_goodness
 from .learning import ff_loss, lr_factor, make_optimizer
@@ -50,6 +51,11 @@ class FFNetwork:
         return np.dtype(self.config.dtype)
 
     @property
+    def xp(self):
+        """Array namespace of the weights (numpy unless ``config.backend`` names another)."""
+        return get_backend(self.config.backend)[0]
+
+    @property
     def lif(self) -> DiscreteLIF:
         return DiscreteLIF.from_config(self.config.neuron)
 
@@ -65,9 +71,11 @@ class FFNetwork:
         self.n_classes_ = int(n_classes)
         sizes = [n_features + n_classes * c.label_repeat, *c.hidden_sizes]
         self.weights_, self.biases_ = [], []
+        xp, device = get_backend(c.backend)
         for m, n in zip(sizes[:-1], sizes[1:]):
-            self.weights_.append((rng.standard_normal((n, m)) * c.weight_init / np.sqrt(m)).astype(self.dtype))
-            self.biases_.append(np.zeros(n, dtype=self.dtype))
+            W = (rng.standard_normal((n, m)) * c.weight_init / np.sqrt(m)).astype(self.dtype)
+            self.weights_.append(to_backend(W, xp, device, self.dtype))
+            self.biases_.append(to_backend(np.zeros(n), xp, device, self.dtype))
         self.optimizers_ = [make_optimizer(c.optimizer, [W, b], c.learning_rate)
                             for W, b in zip(self.weights_, self.biases_)]
         self.readout_ = (LinearReadout(sum(c.hidden_sizes), n_classes, c.readout_learning_rate)
@@ -173,29 +181,29 @@ class FFNetwork:
             y_neg = random_wrong_labels(y, self.n_classes_, rng)
         src_pos = self._source(X, y, seed + [PHASE_IDS["positive"]])
         src_neg = self._source(X, y_neg, seed + [PHASE_IDS["negative"]])
-        pos = self._run(src_pos)                     # positive phase
-        neg = self._run(src_neg)                     # negative phase (separate simulation)
-        losses, m_pos, m_neg = [], [], []
-        for gp, gn in zip(pos.goodness, neg.goodness):
+        # the positive and negative phases are separate simulations from rest, run side by side
+        # as one batch of 2B (larger GEMMs); each keeps its own input spikes
+        both = ConcatSource([src_pos, src_neg])
+        res = self._run(both)
+        g_pos, g_neg = zip(*(both.split(g) for g in res.goodness))
+        losses, mods = [], []
+        for gp, gn in zip(g_pos, g_neg):
             value, mp, mn = ff_loss(gp, gn, c.loss, c.goodness_threshold, c.loss_sharpness)
             losses.append(value)
-            m_pos.append(mp)
-            m_neg.append(mn)
-        grads_pos = self._run(src_pos, modulators=m_pos).grads   # replay with the modulators
-        grads_neg = self._run(src_neg, modulators=m_neg).grads
+            mods.append(np.concatenate([mp, mn]))
+        grads = self._run(both, modulators=mods).grads     # replay with the modulators
         for l, opt in enumerate(self.optimizers_):
-            dW = grads_pos[l][0] + grads_neg[l][0]
-            db = grads_pos[l][1] + grads_neg[l][1]
+            dW, db = grads[l]
             if not c.learn_bias:
-                db = np.zeros_like(db)
+                db = db * 0
             opt.step([self.weights_[l], self.biases_[l]], [dW, db])
-        out = {"loss": losses, "g_pos": [float(g.mean()) for g in pos.goodness],
-               "g_neg": [float(g.mean()) for g in neg.goodness]}
+        out = {"loss": losses, "g_pos": [float(g.mean()) for g in g_pos],
+               "g_neg": [float(g.mean()) for g in g_neg]}
         if self.readout_ is not None:
             neutral = self._run(self._source(X, np.full(len(X), NEUTRAL), seed + [PHASE_IDS["neutral"]]))
             out["readout_loss"] = self.readout_.step(readout_features(neutral.neuron_goodness), y)
         for l, W in enumerate(self.weights_):
-            if not np.all(np.isfinite(W)):
+            if not bool(self.xp.all(self.xp.isfinite(W))):
                 raise FloatingPointError(f"layer {l} weights became non-finite (NaN/inf) during training; "
                                          f"lower learning_rate or weight_init")
         return out
