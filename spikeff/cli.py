@@ -1,4 +1,4 @@
-"""The ``spikeff`` command line: ``train``, ``eval``, ``demo``.
+"""The ``spikeff`` command line: ``train``, ``eval``, ``demo``, ``bench``.
 
 Run ``spikeff COMMAND --help`` for the options of each command.
 """
@@ -142,6 +142,12 @@ def cmd_demo(args):
     return 0
 
 
+def cmd_bench(args):
+    from .bench import run_bench
+    run_bench(quick=args.quick, out=args.out, shared_machine=not args.dedicated)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="spikeff", description=(
         "Train spiking neural networks with Forward-Forward, evaluate them, and run the demo."))
@@ -181,6 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.set_defaults(func=cmd_demo)
+
+    b = sub.add_parser("bench", help="measure training/inference throughput and memory",
+                       description="Training and inference throughput of 784-500-500 and 784-2000-2000 "
+                                   "networks, achieved GFLOP/s against an in-run numpy GEMM roofline, "
+                                   "and peak memory of a training step for T = 25..200.")
+    b.add_argument("--quick", action="store_true", help="small CI-sized smoke run")
+    b.add_argument("--out", default="results/bench.json", help="JSON output (default: results/bench.json)")
+    b.add_argument("--dedicated", action="store_true", help="record that the machine was not shared")
+    b.set_defaults(func=cmd_bench)
     return p
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from spikeff import NeuronConfig
 from spikeff.encoding import ConcatSource, SpikeSource
-from spikeff.neuron import DiscreteLIF, LIFState, lif_scan, lif_step, trace_filter, trace_step
+from spikeff.neuron import DiscreteLIF, LIFState, lif_scan, lif_step, trace_filter, trace_scan, trace_step
 
 
 @pytest.mark.parametrize("refractory", [0.0, 3e-3])
@@ -43,6 +43,7 @@ def test_trace_filter_equals_trace_step():
     x = (rng.random((k, B, M)) < 0.3).astype(float)
     Z = np.concatenate([e_u[None], e_v[None], x])
     got = (trace_filter(p, k) @ Z.reshape(k + 2, -1)).reshape(2 * k, B, M)
+    np.testing.assert_allclose(trace_scan(Z, np.empty((2 * k, B, M)), k, p), got, rtol=1e-12)
     for j in range(k):
         trace_step(e_u, e_v, x[j], p)
         np.testing.assert_allclose(got[j], e_u, rtol=1e-12)

@@ -3,8 +3,10 @@
 The model is the one of :mod:`spikeff.neuron`; per chunk of ``k = chunk_steps`` steps and per layer:
 
 1. **traces** (linear part): the presynaptic traces ``e_u`` (and ``e_v`` when learning) of the
-   whole chunk are one small GEMM ``F @ Z`` with the causal filter ``F = trace_filter(k)``
-   ((2k) x (k+2)) and ``Z = [e_u, e_v at the chunk start, x[t-1] for the k steps]``;
+   whole chunk, from ``Z = [e_u, e_v at the chunk start, x[t-1] for the k steps]``: on GPU
+   backends one small GEMM ``F @ Z`` with the causal filter ``F = trace_filter(k)``
+   ((2k) x (k+2)); on numpy the same recurrence in place (:func:`spikeff.neuron.trace_scan`,
+   faster on CPUs than a small-by-huge GEMM);
 2. **currents**: ``u[t] = W @ e_u[t]`` (exactly the synaptic current) for the chunk as one GEMM
    ``(k*B, M) @ (M, N)``;
 3. **membrane** (nonlinear part): :func:`spikeff.neuron.lif_scan`, the only loop over time steps,
@@ -27,13 +29,15 @@ Any array-API namespace works (the one of the weights: numpy, cupy, torch); nump
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..backend import astype, namespace, to_backend, to_numpy
 from ..goodness import Goodness
-from ..neuron import DiscreteLIF, lif_scan, lif_scan_xp, trace_filter
+from ..neuron import DiscreteLIF, lif_scan, lif_scan_xp, trace_filter, trace_scan
 
 
 @dataclass
@@ -45,6 +49,33 @@ class PhaseResult:
     spike_counts: list                  # (B, N)
     grads: list | None = None           # [(dW (N, M), db (N,))] when modulators were given (weights' namespace)
     record: dict = field(default_factory=dict)   # "input" (T,B,M), "spikes"/"v" lists of (T,B,N)
+
+
+_POOL = None
+
+
+def n_threads() -> int:
+    """Threads for the elementwise work (env SPIKEFF_NUM_THREADS, default: the CPUs we may use)."""
+    env = os.environ.get("SPIKEFF_NUM_THREADS")
+    if env:
+        return max(1, int(env))
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+def _parallel(fn, B, N, min_work=1 << 16):
+    """``fn(batch_slice)`` over parts of the batch in threads (numpy releases the GIL in ufuncs).
+
+    Elementwise numpy work runs on one core; the GEMMs use all of them, so splitting the batch
+    keeps all cores busy between the GEMMs. Returns the list of results.
+    """
+    global _POOL
+    n = min(n_threads(), B) if B * N >= min_work else 1
+    if n <= 1:
+        return [fn(slice(None))]
+    if _POOL is None or _POOL._max_workers < n:
+        _POOL = ThreadPoolExecutor(max_workers=n, thread_name_prefix="spikeff")
+    bounds = np.linspace(0, B, n + 1).astype(int)
+    return list(_POOL.map(fn, [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]))
 
 
 class _Layer:
@@ -88,8 +119,7 @@ class _Layer:
     def filter(self, k):
         if k not in self._filters:
             f = trace_filter(self.lif, k, with_ev=self.learn)
-            self._filters[k] = (f.astype(self.dtype) if self.np
-                                else to_backend(f, self.xp, dtype=self.dtype))
+            self._filters[k] = to_backend(f, self.xp, dtype=self.dtype)
         return self._filters[k]
 
     def run_chunk(self, x, k, out, e_b_steps):
@@ -101,7 +131,8 @@ class _Layer:
         xp, B, N, M, lif = self.xp, self.B, self.N, self.M, self.lif
         if self.np:
             E = self.E[:(2 if self.learn else 1) * k]
-            np.matmul(self.filter(k), self.Z[:k + 2].reshape(k + 2, B * M), out=E)
+            E3 = E.reshape(-1, B, M)
+            _parallel(lambda sl: trace_scan(self.Z[:k + 2, sl], E3[:, sl], k, lif, self.learn), B, M)
             V = self.U[:k]
             np.matmul(E[:k].reshape(k * B, M), self.W.T, out=V.reshape(k * B, N))
             self.Z[0] = E[k - 1].reshape(B, M)
@@ -110,9 +141,13 @@ class _Layer:
             self.Z[2] = self.Z[2 + k]
             if self.bias is not None:
                 V += self.bias
-            lif_scan(V, self.dec, lif, self.ref, self.mask, self.rmask)
-            np.greater(V, lif.v_threshold, out=out)
-            self.counts += out.sum(axis=0)
+
+            def scan(sl):                       # one part of the batch (threads share the work)
+                ref, rmask = (self.ref[sl], self.rmask[sl]) if self.ref is not None else (None, None)
+                lif_scan(V[:, sl], self.dec[sl], lif, ref, self.mask[sl], rmask)
+                np.greater(V[:, sl], lif.v_threshold, out=out[:, sl])
+                self.counts[sl] += out[:, sl].sum(axis=0)
+            _parallel(scan, B, N)
         else:
             Z = xp.concat([self.state, x[:k - 1, ...]], axis=0)
             E = self.filter(k) @ xp.reshape(Z, (k + 2, B * M))
@@ -131,10 +166,16 @@ class _Layer:
         """Accumulate g(v) of the chunk (destroys V on numpy) and, when learning, the gradient."""
         xp, B, N, M = self.xp, self.B, self.N, self.M
         fused = self.goodness.fused if self.np else None
+        db = None
         if fused is not None:
             post = self.post[:k] if self.learn else None
-            fused(V, post, self.scale if self.learn else None)
-            self.g_acc += V.sum(axis=0)
+
+            def good(sl):
+                fused(V[:, sl], post[:, sl] if self.learn else None, self.scale[:, sl] if self.learn else None)
+                self.g_acc[sl] += V[:, sl].sum(axis=0)
+                if self.learn:
+                    return e_b_steps @ post[:, sl].sum(axis=1, dtype=np.float64)
+            db = _parallel(good, B, N)
         else:
             self.g_acc += astype(xp.sum(self.goodness.g(V), axis=0), self.g_acc.dtype, xp)
             post = self.goodness.dg(V) * self.scale if self.learn else None
@@ -145,7 +186,7 @@ class _Layer:
         if self.np:
             np.matmul(post2.T, Ev, out=self.dW_chunk)
             self.dW += self.dW_chunk
-            self.db += e_b_steps @ post.sum(axis=1, dtype=np.float64)
+            self.db += sum(db) if db is not None else e_b_steps @ post.sum(axis=1, dtype=np.float64)
         else:
             self.dW += astype(post2.T @ Ev, self.dW.dtype, xp)
             eb = to_backend(e_b_steps, xp, dtype=np.float64)
