@@ -36,6 +36,8 @@ def main(argv=None):
                    help="stop starting new epochs once this training budget (minutes) is spent")
     p.add_argument("--out", default=str(ROOT / "results"), help="directory for the JSON and figure")
     p.add_argument("--name", default="fashion_mnist", help="file stem of the outputs")
+    p.add_argument("--n-train", type=int, default=None, help="random training subset (default: all)")
+    p.add_argument("--n-test", type=int, default=None, help="random test subset (default: all 10k)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
 
@@ -44,6 +46,8 @@ def main(argv=None):
     if args.size == "small":
         data = data.subset(2000, 500, seed=0)
         config = config.replace(epochs=1)
+    elif args.n_train or args.n_test:
+        data = data.subset(args.n_train, args.n_test, seed=0)
     if args.epochs is not None:
         config = config.replace(epochs=args.epochs)
     out = Path(args.out)
@@ -56,8 +60,8 @@ def main(argv=None):
 
     def on_epoch(net, m):
         elapsed = time.perf_counter() - t0
-        print(f"epoch {m['epoch']}: FF loss {np.round(m['ff_loss'], 3).tolist()}  test goodness "
-              f"{m.get('test_acc_goodness', float('nan')):.4f}  readout {m.get('test_acc_readout') or float('nan'):.4f}"
+        print(f"epoch {m['epoch']}: FF loss {np.round(m['ff_loss'], 3).tolist()}  test readout "
+              f"{m.get('test_acc_readout') or float('nan'):.4f}"
               f"  {m['samples_per_s']:.0f} samples/s  elapsed {elapsed / 60:.1f} min", flush=True)
         result.update(epochs=net.history_, elapsed_seconds=elapsed)
         _write_json(out / f"{args.name}.json", result)
@@ -66,11 +70,16 @@ def main(argv=None):
 
     net = FFNetwork(config)
     try:
+        # per epoch: the cheap one-pass readout; goodness over all 10 labels once, at the end
         net.fit(data.X_train, data.y_train, data.X_test, data.y_test, progress=not args.no_progress,
-                callback=on_epoch, n_classes=10)
+                callback=on_epoch, n_classes=10, val_methods=["readout"])
     except _Budget:
         result["stopped_by_budget"] = True
+    result["train_seconds"] = time.perf_counter() - t0
     final = net.history_[-1]
+    t1 = time.perf_counter()
+    final["test_acc_goodness"] = net.score(data.X_test, data.y_test, "goodness")
+    result["goodness_eval_seconds"] = time.perf_counter() - t1
     result.update(epochs=net.history_, elapsed_seconds=time.perf_counter() - t0,
                   epochs_done=len(net.history_),
                   test_acc_goodness=final.get("test_acc_goodness"),

@@ -1,13 +1,16 @@
-"""The ``spikeff`` command line: ``train``, ``eval``, ``demo``, ``bench``.
+"""The ``spikeff`` command line: ``train``, ``eval``, ``demo``, ``export``, ``sweep``, ``bench``.
 
 Run ``spikeff COMMAND --help`` for the options of each command.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -31,6 +34,66 @@ def _write_json(path: Path, obj):
     atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
+class UsageError(ValueError):
+    """Command-line options that cannot be used together."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Hold Ctrl-C while a checkpoint and its metrics are written (raised right after), so that
+    model.npz and metrics.json always describe the same completed epoch."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)     # not always Python's default (Brian2 sets its own)
+    caught = []
+    signal.signal(signal.SIGINT, lambda *a: caught.append(a))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+def _check_data_matches(net, data, model_path):
+    from .data import DataError
+    if data.X_train.shape[1] != net.n_features_in_ or data.n_classes != net.n_classes_:
+        raise DataError(f"{model_path}: the network was built for {net.n_features_in_} inputs and "
+                        f"{net.n_classes_} classes, but data set {data.name} has {data.X_train.shape[1]} "
+                        f"inputs and {data.n_classes} classes")
+
+
+def _load_resume(run_dir: Path):
+    """The network (config, weights, optimizer state, history) and the run's summary, from
+    ``run_dir/model.npz`` and ``run_dir/metrics.json``."""
+    from .io import CheckpointError
+    from .network import FFNetwork
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"--resume {run_dir}: no such run directory")
+    net = FFNetwork.load(run_dir / "model.npz")
+    try:
+        summary = json.loads((run_dir / "metrics.json").read_text())
+        summary["data_args"]["dataset"]
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{run_dir}/metrics.json: missing; it names the data set to resume on") from None
+    except (ValueError, KeyError, TypeError):
+        raise CheckpointError(f"{run_dir}/metrics.json: corrupt, or written by a spikeff without "
+                              "resume information (data_args)") from None
+    return net, summary
+
+
 def _environment() -> dict:
     env = {"python": platform.python_version(), "numpy": np.__version__, "machine": platform.machine()}
     try:
@@ -43,9 +106,14 @@ def _environment() -> dict:
 
 
 def train_run(config, dataset, out_dir: Path, epochs=None, progress=True, n_train=None, n_test=None,
-              data_path=None, command=None, plots=True, log=print):
+              data_path=None, command=None, plots=True, log=print, resume=None):
     """Train on a data set, writing ``metrics.json``, ``model.npz`` (after every epoch) and plots
-    into ``out_dir``. Returns (network, summary dict). Used by ``train`` and ``demo``."""
+    into ``out_dir``. Returns (network, summary dict). Used by ``train`` and ``demo``.
+
+    ``resume``: (network, summary) from :func:`_load_resume`; training continues from the
+    network's last completed epoch and gives the same weights as an uninterrupted run.
+    On Ctrl-C the checkpoint of the last completed epoch stays in ``out_dir`` (the write of a
+    checkpoint is never cut in half) and KeyboardInterrupt is re-raised after a message."""
     from .data import load_dataset
     from .network import FFNetwork
     out_dir = Path(out_dir)
@@ -59,26 +127,59 @@ def train_run(config, dataset, out_dir: Path, epochs=None, progress=True, n_trai
         f"engine {config.engine}, {config.dtype}")
     summary = {"command": command or " ".join(sys.argv), "dataset": data.name,
                "n_train": len(data.X_train), "n_test": len(data.X_test), "config": config.to_dict(),
-               "environment": _environment(), "epochs": []}
+               "environment": _environment(), "epochs": [],
+               "data_args": {"dataset": dataset, "n_train": n_train, "n_test": n_test,
+                             "data_path": None if data_path is None else str(data_path)}}
+    elapsed_before = 0.0
+    if resume is not None:
+        net, old = resume
+        _check_data_matches(net, data, out_dir / "model.npz")
+        elapsed_before = float(old.get("elapsed_seconds") or 0.0)
+        summary["resumed"] = old.get("resumed", []) + [{"command": summary["command"],
+                                                        "from_epoch": net.epochs_done_}]
+        summary["command"] = old.get("command", summary["command"])
     t_start = time.perf_counter()
+    saved = {"epoch": None}
 
     def on_epoch(net, m):
         summary["epochs"] = net.history_
-        summary["elapsed_seconds"] = time.perf_counter() - t_start
-        net.save(out_dir / "model.npz")
-        _write_json(out_dir / "metrics.json", summary)
+        summary["elapsed_seconds"] = elapsed_before + time.perf_counter() - t_start
+        with _sigint_deferred():
+            net.save(out_dir / "model.npz")
+            _write_json(out_dir / "metrics.json", summary)
+            saved["epoch"] = net.epochs_done_      # before a held Ctrl-C is raised
         log(f"epoch {m['epoch']:3d}: FF loss {' '.join(f'{x:.3f}' for x in m['ff_loss'])} | "
             f"test acc goodness {m.get('test_acc_goodness', float('nan')):.4f}"
             + (f", readout {m['test_acc_readout']:.4f}" if m.get("test_acc_readout") is not None else "")
             + f" | {m['samples_per_s']:.0f} samples/s")
 
-    net = FFNetwork(config)
-    net.fit(data.X_train, data.y_train, data.X_test, data.y_test, epochs=epochs, progress=progress,
-            callback=on_epoch, n_classes=data.n_classes)
+    try:
+        if resume is None:
+            net = FFNetwork(config)
+            net.fit(data.X_train, data.y_train, data.X_test, data.y_test, epochs=epochs, progress=progress,
+                    callback=on_epoch, n_classes=data.n_classes)
+        else:
+            net.config = config
+            net.continue_fit(data.X_train, data.y_train, data.X_test, data.y_test, epochs=epochs,
+                             progress=progress, callback=on_epoch)
+    except KeyboardInterrupt:
+        done = saved["epoch"] if saved["epoch"] is not None else (resume[0].epochs_done_ if resume else None)
+        if done:
+            print(f"spikeff: interrupted; {out_dir}/model.npz holds epoch {done} (the last completed one). "
+                  f"Resume with: spikeff train --resume {out_dir}", file=sys.stderr)
+        else:
+            print("spikeff: interrupted before the first epoch finished; no checkpoint was written",
+                  file=sys.stderr)
+        raise
+    except FloatingPointError as e:
+        if saved["epoch"]:
+            raise FloatingPointError(f"{e}; {out_dir}/model.npz still holds the last good epoch "
+                                     f"({saved['epoch']})") from None
+        raise
     final = net.history_[-1] if net.history_ else {}
     summary.update({"test_acc": final.get("test_acc"), "test_acc_goodness": final.get("test_acc_goodness"),
                     "test_acc_readout": final.get("test_acc_readout"),
-                    "elapsed_seconds": time.perf_counter() - t_start, "epochs": net.history_})
+                    "elapsed_seconds": elapsed_before + time.perf_counter() - t_start, "epochs": net.history_})
     _write_json(out_dir / "metrics.json", summary)
     if plots and net.history_:
         from .plot import plot_training_curves
@@ -89,13 +190,29 @@ def train_run(config, dataset, out_dir: Path, epochs=None, progress=True, n_trai
 
 def cmd_train(args):
     from .config import load_config
-    config = load_config(_resolve_config_path(args.config))
-    changes = {k: v for k, v in (("seed", args.seed), ("engine", args.engine), ("epochs", args.epochs))
-               if v is not None}
-    config = config.replace(**changes) if changes else config
-    train_run(config, args.dataset, Path(args.out), progress=not args.no_progress,
-              n_train=args.n_train, n_test=args.n_test, data_path=args.data_path)
-    print(f"spikeff: wrote {args.out}/metrics.json, model.npz, training_curves.png")
+    if args.resume is not None:
+        fixed = [f"--{k.replace('_', '-')}" for k in ("config", "dataset", "seed", "engine", "n_train", "n_test")
+                 if getattr(args, k) is not None]
+        if fixed:
+            raise UsageError(f"--resume takes {', '.join(fixed)} from the run directory; leave "
+                             f"{'it' if len(fixed) == 1 else 'them'} out (only --epochs, --data-path and "
+                             "--no-progress may be given)")
+        net, summary = _load_resume(Path(args.resume))
+        config = net.config if args.epochs is None else net.config.replace(epochs=args.epochs)
+        da = summary["data_args"]
+        out = Path(args.resume)
+        train_run(config, da["dataset"], out, progress=not args.no_progress, n_train=da.get("n_train"),
+                  n_test=da.get("n_test"), data_path=args.data_path or da.get("data_path"),
+                  resume=(net, summary))
+    else:
+        config = load_config(_resolve_config_path(args.config or "digits"))
+        changes = {k: v for k, v in (("seed", args.seed), ("engine", args.engine), ("epochs", args.epochs))
+                   if v is not None}
+        config = config.replace(**changes) if changes else config
+        out = Path(args.out)
+        train_run(config, args.dataset or "digits", out, progress=not args.no_progress,
+                  n_train=args.n_train, n_test=args.n_test, data_path=args.data_path)
+    print(f"spikeff: wrote {out}/metrics.json, model.npz, training_curves.png")
     return 0
 
 
@@ -104,6 +221,7 @@ def cmd_eval(args):
     from .network import FFNetwork
     net = FFNetwork.load(args.model)
     data = load_dataset(args.dataset, args.data_path)
+    _check_data_matches(net, data, args.model)
     X, y = data.X_test, data.y_test
     if args.n_test:
         X, y = X[:args.n_test], y[:args.n_test]
@@ -142,6 +260,40 @@ def cmd_demo(args):
     return 0
 
 
+def cmd_export(args):
+    """Export a saved network to Lava (parameters .npz, float + Loihi 2 fixed point) or NIR (.nir)."""
+    from .network import FFNetwork
+    net = FFNetwork.load(args.model)
+    out = Path(args.out)
+    if args.to == "nir":
+        from .export.nir import export_nir
+        export_nir(net, out, dt=args.dt)
+        print(f"spikeff export: wrote NIR graph of {len(net.weights_)} layers to {out}")
+        return 0
+    from .export.lava import export_lava
+    X_calib = None
+    if args.calib_dataset:
+        from .data import load_dataset
+        X_calib = load_dataset(args.calib_dataset, args.data_path).X_train[:args.n_calib]
+    report = export_lava(net, out, X_calib=X_calib, headroom=args.headroom)
+    report_path = out.with_suffix(".quantization.json")
+    _write_json(report_path, report)
+    for l, info in enumerate(report["layers"]):
+        print(f"layer {l}: weight_exp {info['weight_exp']}, vth {info['vth']}, {info['scale_int_per_mV']:.0f} "
+              f"units/mV, {info['weights_clipped']} weights clipped, du {info['du']}, dv {info['dv']}")
+    print(f"spikeff export: wrote Lava parameters to {out} and the quantization report to {report_path}")
+    return 0
+
+
+def cmd_sweep(args):
+    from .sweep import run_sweep
+    rows = run_sweep(args.sweep, args.out, scheduler=args.scheduler, n_workers=args.workers)
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "skipped", "failed")}
+    print(f"spikeff sweep: {len(rows)} runs: {counts['ok']} trained, {counts['skipped']} completed before, "
+          f"{counts['failed']} failed; table in sweep.csv, sweep.json, plot in sweep.png")
+    return 1 if counts["failed"] else 0
+
+
 def cmd_bench(args):
     from .bench import run_bench
     run_bench(quick=args.quick, out=args.out, shared_machine=not args.dedicated)
@@ -157,17 +309,23 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a network from a model config; writes metrics.json (one entry "
                                    "per epoch: accuracy, FF loss per layer, seconds, samples/s), "
                                    "model.npz (checkpoint after each epoch) and training_curves.png.")
-    t.add_argument("--config", default="digits", help="model config: a TOML path or a name in models/ (default: digits)")
-    t.add_argument("--dataset", default="digits", choices=["digits", "fashion_mnist", "mnist"],
+    t.add_argument("--config", default=None, help="model config: a TOML path or a name in models/ (default: digits)")
+    t.add_argument("--dataset", default=None, choices=["digits", "fashion_mnist", "mnist"],
                    help="data set (default: digits, embedded)")
     t.add_argument("--data-path", default=None, help="directory with IDX files (fashion_mnist/mnist)")
     t.add_argument("--epochs", type=int, default=None, help="override the config's number of epochs")
     t.add_argument("--seed", type=int, default=None, help="override the config's seed")
-    t.add_argument("--engine", default=None, choices=["vectorized", "brian2"], help="simulation engine")
-    t.add_argument("--n-train", type=int, default=None, help="use a random subset of the training set")
-    t.add_argument("--n-test", type=int, default=None, help="use a random subset of the test set")
+    t.add_argument("--engine", default=None, choices=["vectorized", "brian2"],
+                   help="simulation engine: vectorized (fast) or brian2 (slow reference; Brian2 "
+                        "target from $SPIKEFF_BRIAN2_TARGET=numpy|cython)")
+    t.add_argument("--n-train", type=_positive_int, default=None, help="use a random subset of the training set")
+    t.add_argument("--n-test", type=_positive_int, default=None, help="use a random subset of the test set")
     t.add_argument("--out", default="runs/train", help="output directory (default: runs/train)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue an interrupted run from RUN_DIR/model.npz (config, weights, optimizer "
+                        "state) and metrics.json (data set); writes into RUN_DIR and gives the same weights "
+                        "as an uninterrupted run. --epochs may raise the number of epochs")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a saved network",
@@ -176,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("model", help="model.npz written by train")
     e.add_argument("--dataset", default="digits", choices=["digits", "fashion_mnist", "mnist"])
     e.add_argument("--data-path", default=None, help="directory with IDX files")
-    e.add_argument("--n-test", type=int, default=None, help="first N test samples only")
+    e.add_argument("--n-test", type=_positive_int, default=None, help="first N test samples only")
     e.add_argument("--out", default=None, help="write the results as JSON here")
     e.set_defaults(func=cmd_eval)
 
@@ -187,6 +345,33 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.set_defaults(func=cmd_demo)
+
+    x = sub.add_parser("export", help="export a saved network to Lava or NIR",
+                       description="Export a saved network: --to lava writes float and Loihi 2 fixed-point "
+                                   "parameters (.npz) and a quantization report (.quantization.json); "
+                                   "--to nir writes a NIR graph (HDF5).")
+    x.add_argument("model", help="model.npz written by train")
+    x.add_argument("--to", required=True, choices=["lava", "nir"], help="target format")
+    x.add_argument("--out", required=True, help="output file")
+    x.add_argument("--dt", type=float, default=None, help="NIR: time step in seconds (default: the model's dt)")
+    x.add_argument("--calib-dataset", default=None, choices=["digits", "fashion_mnist", "mnist"],
+                   help="Lava: calibrate the u/v ranges on this data set's training samples "
+                        "(default: a worst-case bound)")
+    x.add_argument("--data-path", default=None, help="directory with IDX files")
+    x.add_argument("--n-calib", type=int, default=32, help="Lava: calibration samples (default: 32)")
+    x.add_argument("--headroom", type=float, default=2.0, help="Lava: state range headroom factor (default: 2)")
+    x.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("sweep", help="run a parameter sweep on dask.distributed",
+                       description="Expand a sweep file (models/sweeps/*.toml: base config, data set, grid "
+                                   "and/or variants, seeds) into runs, train each as a dask task and collect "
+                                   "sweep.csv, sweep.json and sweep.png. Re-running skips completed runs.")
+    s.add_argument("sweep", help="sweep file (TOML), e.g. models/sweeps/digits_sharpness.toml")
+    s.add_argument("--scheduler", default=None,
+                   help="address of an existing dask scheduler, e.g. tcp://127.0.0.1:8786 (default: a local cluster)")
+    s.add_argument("--workers", type=int, default=2, help="workers of the local cluster (default: 2; ignored with --scheduler)")
+    s.add_argument("--out", default=None, help="sweep directory (default: runs/sweeps/NAME)")
+    s.set_defaults(func=cmd_sweep)
 
     b = sub.add_parser("bench", help="measure training/inference throughput and memory",
                        description="Training and inference throughput of 784-500-500 and 784-2000-2000 "
@@ -206,7 +391,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError, FileNotFoundError, FloatingPointError, ImportError) as e:
+    except (ConfigError, DataError, CheckpointError, UsageError, OSError, FloatingPointError, ImportError) as e:
         print(f"spikeff {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -16,7 +16,7 @@ from .units import parse_quantity
 ENCODINGS = ("rate", "latency")
 GOODNESS_NAMES = ("energy_relu", "energy", "relu_mean", "energy_mean_relu")
 LOSSES = ("threshold", "symba")
-NEGATIVES = ("random", "hard")
+NEGATIVES = ("random", "hard", "readout_hard")
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
 PREDICT_METHODS = ("goodness", "readout")
@@ -35,7 +35,20 @@ def _check(cond: bool, name: str, msg: str):
 
 
 def _check_choice(value, name, choices):
-    _check(value in choices, name, f"{value!r} is not valid; choose one of {list(choices)}")
+    _check(isinstance(value, str) and value in choices, name,
+           f"{value!r} is not valid; choose one of {list(choices)}")
+
+
+def _quantity(value, dimension, name) -> float:
+    """``parse_quantity`` with its errors turned into :class:`ConfigError` (they name the field)."""
+    try:
+        return parse_quantity(value, dimension, name)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_pos(value, name, allow_zero=False):
@@ -75,7 +88,8 @@ class NeuronConfig:
         _check(self.tau_syn >= self.dt, "neuron.tau_syn", f"must be >= dt ({self.dt} s), got {self.tau_syn} s")
         _check(self.tau_mem >= self.dt, "neuron.tau_mem", f"must be >= dt ({self.dt} s), got {self.tau_mem} s")
         _check_pos(self.v_threshold, "neuron.v_threshold")
-        _check(isinstance(self.v_reset, (int, float)) and math.isfinite(self.v_reset)
+        _check(isinstance(self.v_reset, (int, float)) and not isinstance(self.v_reset, bool)
+               and math.isfinite(self.v_reset)
                and self.v_reset < self.v_threshold, "neuron.v_reset",
                f"must be finite and below v_threshold, got {self.v_reset}")
         _check_pos(self.refractory, "neuron.refractory", allow_zero=True)
@@ -84,7 +98,7 @@ class NeuronConfig:
     def from_dict(cls, d: dict) -> "NeuronConfig":
         unknown = set(d) - set(cls._DIMS)
         _check(not unknown, "neuron", f"unknown keys {sorted(unknown)}; valid keys are {sorted(cls._DIMS)}")
-        return cls(**{k: parse_quantity(v, cls._DIMS[k], f"neuron.{k}") for k, v in d.items()})
+        return cls(**{k: _quantity(v, cls._DIMS[k], f"neuron.{k}") for k, v in d.items()})
 
 
 @dataclass(frozen=True)
@@ -124,6 +138,7 @@ class FFConfig:
     epochs: int = 5
     readout: bool = True
     readout_learning_rate: float = 0.01
+    readout_final_epochs: int = 0      # after the last epoch, refit the readout on fixed features
     predict_method: str = "goodness"
     eval_batch_size: int = 256
     seed: int = 0
@@ -134,19 +149,22 @@ class FFConfig:
         _check(isinstance(hs, (tuple, list)) and len(hs) >= 1, "hidden_sizes",
                f"must be a non-empty list of layer sizes, got {hs!r}")
         for i, n in enumerate(hs):
-            _check(isinstance(n, int) and not isinstance(n, bool) and n > 0, "hidden_sizes",
+            _check(_is_int(n) and n > 0, "hidden_sizes",
                    f"layer {i} size must be a positive integer, got {n!r}")
         object.__setattr__(self, "hidden_sizes", tuple(hs))
         for name in ("n_steps", "label_repeat", "batch_size", "chunk_steps", "eval_batch_size"):
             v = getattr(self, name)
-            _check(isinstance(v, int) and not isinstance(v, bool) and v > 0, name,
-                   f"must be a positive integer, got {v!r}")
-        _check(isinstance(self.epochs, int) and self.epochs >= 0, "epochs", f"must be an integer >= 0, got {self.epochs!r}")
-        _check(isinstance(self.seed, int) and self.seed >= 0, "seed", f"must be an integer >= 0, got {self.seed!r}")
+            _check(_is_int(v) and v > 0, name, f"must be a positive integer, got {v!r}")
+        _check(_is_int(self.epochs) and self.epochs >= 0, "epochs", f"must be an integer >= 0, got {self.epochs!r}")
+        _check(_is_int(self.seed) and self.seed >= 0, "seed", f"must be an integer >= 0, got {self.seed!r}")
+        for name in ("learn_bias", "readout"):
+            _check(isinstance(getattr(self, name), bool), name,
+                   f"must be true or false, got {getattr(self, name)!r}")
         for name in ("weight_init", "max_rate", "label_intensity", "learning_rate", "loss_sharpness",
                      "readout_learning_rate"):
             _check_pos(getattr(self, name), name)
-        _check(isinstance(self.goodness_threshold, (int, float)) and math.isfinite(self.goodness_threshold),
+        _check(isinstance(self.goodness_threshold, (int, float)) and not isinstance(self.goodness_threshold, bool)
+               and math.isfinite(self.goodness_threshold),
                "goodness_threshold", f"must be a finite number, got {self.goodness_threshold!r}")
         _check_choice(self.encoding, "encoding", ENCODINGS)
         _check_choice(self.goodness, "goodness", GOODNESS_NAMES)
@@ -161,8 +179,15 @@ class FFConfig:
         _check_choice(self.goodness_layers, "goodness_layers", ("all", "skip_first"))
         _check(self.predict_method != "readout" or self.readout, "predict_method",
                "'readout' needs readout = true")
+        _check(self.negatives != "readout_hard" or self.readout, "negatives",
+               "'readout_hard' needs readout = true")
         if isinstance(self.neuron, dict):
             object.__setattr__(self, "neuron", NeuronConfig.from_dict(self.neuron))
+        _check(isinstance(self.neuron, NeuronConfig), "neuron",
+               f"must be a [neuron] table of quantities (dt, tau_syn, ...), got {self.neuron!r}")
+        p = self.max_rate * self.neuron.dt
+        _check(p <= 1.0, "max_rate", f"max_rate * neuron.dt is the spike probability per step and must be "
+               f"<= 1, got {self.max_rate:g} Hz * {self.neuron.dt:g} s = {p:g}")
 
     # -- (de)serialisation -------------------------------------------------------------------
     def replace(self, **changes) -> "FFConfig":
@@ -186,7 +211,7 @@ class FFConfig:
         unknown = set(flat) - names
         _check(not unknown, "config", f"unknown keys {sorted(unknown)}; valid keys are {sorted(names)}")
         if "max_rate" in flat:
-            flat["max_rate"] = parse_quantity(flat["max_rate"], "rate", "max_rate")
+            flat["max_rate"] = _quantity(flat["max_rate"], "rate", "max_rate")
         if "neuron" in flat and isinstance(flat["neuron"], dict):
             flat["neuron"] = NeuronConfig.from_dict(flat["neuron"])
         return cls(**flat)

@@ -21,14 +21,20 @@ class DataError(ValueError):
 
 
 def check_X(X, n_features: int | None = None) -> np.ndarray:
+    """``X`` as a float64 array (n_samples, n_features) of finite intensities in [0, 1], or DataError."""
     try:
-        X = np.asarray(X, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise DataError("X: must be a numeric array of shape (n_samples, n_features)") from None
+        raw = np.asarray(X)
+        if raw.dtype.kind not in "biufO":
+            raise TypeError(f"got dtype {raw.dtype}")
+        X = raw.astype(np.float64)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"X: must be a real numeric array of shape (n_samples, n_features) ({e})") from None
     if X.ndim != 2:
         raise DataError(f"X: must be 2-D (n_samples, n_features), got shape {X.shape}")
     if X.shape[0] == 0:
         raise DataError("X: is empty (0 samples)")
+    if X.shape[1] == 0:
+        raise DataError("X: has 0 features")
     if n_features is not None and X.shape[1] != n_features:
         raise DataError(f"X: has {X.shape[1]} features, but the network was built for {n_features}")
     if not np.all(np.isfinite(X)):
@@ -41,7 +47,10 @@ def check_X(X, n_features: int | None = None) -> np.ndarray:
 
 def check_Xy(X, y, n_features: int | None = None, n_classes: int | None = None):
     X = check_X(X, n_features)
-    y = np.asarray(y)
+    try:
+        y = np.asarray(y)
+    except (TypeError, ValueError):
+        raise DataError("y: must be a 1-D array of integer labels") from None
     if y.ndim != 1 or len(y) != len(X):
         raise DataError(f"y: must be 1-D with one label per sample ({len(X)}), got shape {y.shape}")
     if not np.issubdtype(y.dtype, np.integer):
@@ -50,7 +59,7 @@ def check_Xy(X, y, n_features: int | None = None, n_classes: int | None = None):
         else:
             raise DataError(f"y: labels must be integers 0..n_classes-1, got dtype {y.dtype}")
     if y.min() < 0 or (n_classes is not None and y.max() >= n_classes):
-        hi = "" if n_classes is None else f"..{n_classes - 1}"
+        hi = "" if n_classes is None else f"..{n_classes - 1} (n_classes = {n_classes})"
         raise DataError(f"y: labels must lie in 0{hi}, got min {y.min()}, max {y.max()}")
     return X, y.astype(np.int64)
 
@@ -121,7 +130,7 @@ def _find(directory: Path, stem: str) -> Path:
 def load_idx_dataset(name: str = "fashion_mnist", path=None) -> Dataset:
     """Load Fashion-MNIST or MNIST from IDX files (see module docstring for where it looks)."""
     if name not in _ENV:
-        raise ValueError(f"dataset: {name!r} is not valid; choose one of {sorted(_ENV)}")
+        raise DataError(f"dataset: {name!r} is not valid; choose one of {sorted(_ENV)}")
     candidates = [Path(p) for p in (path, os.environ.get(_ENV[name])) if p]
     if name == "fashion_mnist":
         candidates.append(DEBIAN_FASHION)
@@ -132,12 +141,20 @@ def load_idx_dataset(name: str = "fashion_mnist", path=None) -> Dataset:
             labels = {k: _find(d, f"{k}-labels-idx1-ubyte") for k in ("train", "t10k")}
         except FileNotFoundError:
             continue
-        Xtr = read_idx(files["train"]).reshape(-1, 784) / 255.0
-        Xte = read_idx(files["t10k"]).reshape(-1, 784) / 255.0
-        ytr = read_idx(labels["train"]).astype(np.int64)
-        yte = read_idx(labels["t10k"]).astype(np.int64)
-        if len(Xtr) != len(ytr) or len(Xte) != len(yte):
-            raise DataError(f"{d}: image and label files have different numbers of samples")
+        images = {k: read_idx(f) for k, f in files.items()}
+        labs = {k: read_idx(f) for k, f in labels.items()}
+        for k in ("train", "t10k"):
+            if images[k].ndim != 3 or images[k].shape[1:] != (28, 28):
+                raise DataError(f"{files[k]}: expected images of shape (n, 28, 28), got {images[k].shape}")
+            if labs[k].ndim != 1 or len(labs[k]) != len(images[k]):
+                raise DataError(f"{labels[k]}: expected {len(images[k])} labels (one per image in "
+                                f"{files[k].name}), got shape {labs[k].shape}")
+            if labs[k].size and labs[k].max() > 9:
+                raise DataError(f"{labels[k]}: labels must lie in 0..9, got max {labs[k].max()}")
+        Xtr = images["train"].reshape(-1, 784) / 255.0
+        Xte = images["t10k"].reshape(-1, 784) / 255.0
+        ytr = labs["train"].astype(np.int64)
+        yte = labs["t10k"].astype(np.int64)
         return Dataset(name, Xtr, ytr, Xte, yte, 10, (28, 28))
     hint = ("install the Debian package: apt-get install dataset-fashion-mnist"
             if name == "fashion_mnist" else "download the four MNIST IDX files")
@@ -156,4 +173,4 @@ def load_dataset(name: str, path=None) -> Dataset:
         return load_digits_dataset()
     if name in _ENV:
         return load_idx_dataset(name, path)
-    raise ValueError(f"dataset: {name!r} is not valid; choose one of {list(DATASETS)}")
+    raise DataError(f"dataset: {name!r} is not valid; choose one of {list(DATASETS)}")

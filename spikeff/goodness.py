@@ -2,10 +2,16 @@
 
 A goodness is ``G = 1/(T*N) * sum_t sum_i g(v_i[t])`` with a pointwise ``g`` of the pre-reset
 potential (measured from rest). Each variant gives ``g`` and its derivative ``dg`` (what the
-local learning rule needs). Register a new one with :func:`register_goodness`. ``g`` and ``dg`` take
-an array of any array-API namespace (numpy, cupy, torch); ``fused`` (optional, numpy only) is an
-in-place kernel the vectorized engine uses on a whole chunk: ``fused(v, post, scale)`` overwrites
-``v`` with ``g(v)`` and, when ``post`` is given, writes ``dg(v) * scale`` into it.
+local learning rule needs). Register a new one with :func:`register_goodness`.
+
+``expr``/``dexpr`` give the same ``g``/``dg`` as expression strings in ``v`` (dimensionless, in mV)
+written in Brian2's model syntax (``clip``, ``int``, ``**``); the Brian2 engine compiles them
+into its neuron update. A test checks that they agree with the numpy functions.
+
+``g`` and ``dg`` take an array of any array-API namespace (numpy, cupy, torch); ``fused``
+(optional, numpy only) is an in-place kernel the vectorized engine uses on a whole chunk:
+``fused(v, post, scale)`` overwrites ``v`` with ``g(v)`` and, when ``post`` is given, writes
+``dg(v) * scale`` into it.
 """
 from __future__ import annotations
 
@@ -23,15 +29,17 @@ class Goodness:
     g: Callable
     dg: Callable
     doc: str = ""
-    fused: Callable | None = None
+    expr: str | None = None      # g(v) in Brian2 syntax (None: this goodness cannot run on Brian2)
+    dexpr: str | None = None     # g'(v) in Brian2 syntax
+    fused: Callable | None = None  # in-place numpy kernel of g and dg * scale (vectorized engine)
 
 
 _REGISTRY: dict[str, Goodness] = {}
 
 
-def register_goodness(name: str, g: Callable, dg: Callable, doc: str = "",
-                      fused: Callable | None = None) -> Goodness:
-    _REGISTRY[name] = Goodness(name, g, dg, doc, fused)
+def register_goodness(name: str, g: Callable, dg: Callable, doc: str = "", expr: str | None = None,
+                      dexpr: str | None = None, fused: Callable | None = None) -> Goodness:
+    _REGISTRY[name] = Goodness(name, g, dg, doc, expr, dexpr, fused)
     return _REGISTRY[name]
 
 
@@ -81,9 +89,13 @@ def _fused_relu_mean(v, post, scale):
 
 
 register_goodness("energy_relu", lambda v: _relu(v) ** 2, lambda v: 2 * _relu(v),
-                  "relu(v)^2: energy of the depolarisation above rest (default)", _fused_energy_relu)
+                  "relu(v)^2: energy of the depolarisation above rest (default)",
+                  "clip(v, 0, inf)**2", "2*clip(v, 0, inf)", _fused_energy_relu)
 register_goodness("energy", lambda v: v * v, lambda v: 2 * v,
-                  "v^2: plain membrane energy (depolarisation and hyperpolarisation)", _fused_energy)
-register_goodness("relu_mean", _relu, _step, "relu(v): mean depolarisation", _fused_relu_mean)
+                  "v^2: plain membrane energy (depolarisation and hyperpolarisation)", "v**2", "2*v",
+                  _fused_energy)
+register_goodness("relu_mean", _relu, _step, "relu(v): mean depolarisation", "clip(v, 0, inf)",
+                  "int(v > 0)", _fused_relu_mean)
 register_goodness("energy_mean_relu", lambda v: _relu(v) ** 2 + _relu(v),
-                  lambda v: 2 * _relu(v) + _step(v), "relu(v)^2 + relu(v)")
+                  lambda v: 2 * _relu(v) + _step(v), "relu(v)^2 + relu(v)",
+                  "clip(v, 0, inf)**2 + clip(v, 0, inf)", "2*clip(v, 0, inf) + int(v > 0)")

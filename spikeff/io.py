@@ -8,11 +8,12 @@ import json
 import os
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
-from .backend import like, to_numpy
+from .backend import like as backend_like, to_numpy
 
 FORMAT = "spikeff-network"
 FORMAT_VERSION = 1
@@ -34,6 +35,9 @@ def _checksum(arrays: dict) -> str:
 
 
 def atomic_write_bytes(path, data: bytes):
+    """Write ``data`` to ``path`` through a temporary file in the same folder, read it back and
+    compare its SHA-256, then rename it over ``path``. If anything fails (disk full, a short write,
+    Ctrl-C) the temporary file is removed and the previous ``path`` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -42,6 +46,11 @@ def atomic_write_bytes(path, data: bytes):
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        with open(tmp, "rb") as f:
+            written = f.read()
+        if hashlib.sha256(written).digest() != hashlib.sha256(data).digest():
+            raise OSError(f"{path}: the file written ({len(written)} of {len(data)} bytes) does not match "
+                          f"what was meant (truncated or corrupt write); the previous {path.name} was kept")
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -76,7 +85,7 @@ def save_network(net, path):
 
 
 def load_network(path):
-    from .config import FFConfig
+    from .config import ConfigError, FFConfig
     from .network import FFNetwork
     path = Path(path)
     if not path.is_file():
@@ -84,7 +93,7 @@ def load_network(path):
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError, NotImplementedError, zlib.error) as e:
         raise CheckpointError(f"{path}: not a readable spikeff checkpoint (corrupt or truncated: {e})") from None
     if "__meta__" not in data:
         raise CheckpointError(f"{path}: not a spikeff checkpoint (no metadata)")
@@ -92,6 +101,8 @@ def load_network(path):
         meta = json.loads(data.pop("__meta__").tobytes().decode())
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise CheckpointError(f"{path}: checkpoint metadata is corrupt") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: checkpoint metadata is corrupt")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a spikeff network checkpoint (format {meta.get('format')!r})")
     if meta.get("version") != FORMAT_VERSION:
@@ -99,26 +110,52 @@ def load_network(path):
                               f"(this spikeff reads version {FORMAT_VERSION})")
     if _checksum(data) != meta.get("checksum"):
         raise CheckpointError(f"{path}: checksum mismatch: the checkpoint is corrupt")
-    config = FFConfig.from_dict(meta["config"])
+    missing = [k for k in ("config", "n_features_in", "n_classes", "epochs_done", "history") if k not in meta]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint metadata lacks {missing}")
+    for key, low in (("n_features_in", 1), ("n_classes", 2), ("epochs_done", 0)):
+        if not isinstance(meta[key], int) or isinstance(meta[key], bool) or meta[key] < low:
+            raise CheckpointError(f"{path}: checkpoint metadata {key} must be an integer >= {low}, "
+                                  f"got {meta[key]!r}")
+    if not isinstance(meta["history"], list) or not isinstance(meta["config"], dict):
+        raise CheckpointError(f"{path}: checkpoint metadata is corrupt (history or config)")
+    try:
+        config = FFConfig.from_dict(meta["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: the config stored in the checkpoint is invalid: {e}") from None
     net = FFNetwork(config)
     net.initialize(meta["n_features_in"], meta["n_classes"])
+
+    def get(name, like):
+        """The stored array ``name``, checked against the shape the config gives (``like``)."""
+        got = data[name].shape if name in data else "missing"
+        if got != like.shape:
+            raise CheckpointError(f"{path}: array {name} has shape {got}, the config "
+                                  f"{config.hidden_sizes} with {meta['n_features_in']} inputs and "
+                                  f"{meta['n_classes']} classes needs {like.shape}")
+        return data[name]
+
+    def opt_state(opt, prefix_m, prefix_v, prefix_t):
+        st = opt.state_dict()
+        return {"t": int(get(prefix_t, np.array(0))),
+                "m": [get(prefix_m(i), a) for i, a in enumerate(st["m"])],
+                "v": [get(prefix_v(i), a) for i, a in enumerate(st["v"])]}
+
     for l in range(len(net.weights_)):
-        for name, target in ((f"W{l}", net.weights_), (f"b{l}", net.biases_)):
-            if name not in data or data[name].shape != target[l].shape:
-                got = data[name].shape if name in data else "missing"
-                raise CheckpointError(f"{path}: array {name} has shape {got}, the config needs {target[l].shape}")
-            target[l] = like(data[name].astype(net.dtype), target[l])
+        net.weights_[l] = backend_like(get(f"W{l}", net.weights_[l]).astype(net.dtype), net.weights_[l])
+        net.biases_[l] = backend_like(get(f"b{l}", net.biases_[l]).astype(net.dtype), net.biases_[l])
         opt = net.optimizers_[l]
-        st = {"t": data[f"opt{l}_t"], "m": [data[f"opt{l}_m{i}"] for i in range(2)],
-              "v": [data[f"opt{l}_v{i}"] for i in range(2) if f"opt{l}_v{i}" in data]}
-        opt.load_state_dict(st)
+        opt.load_state_dict(opt_state(opt, lambda i: f"opt{l}_m{i}", lambda i: f"opt{l}_v{i}", f"opt{l}_t"))
+    extra = sorted(k for k in data if k.startswith("W") and k[1:].isdigit() and int(k[1:]) >= len(net.weights_))
+    if extra:
+        raise CheckpointError(f"{path}: has arrays {extra} for more layers than the config's "
+                              f"{len(net.weights_)} ({config.hidden_sizes})")
     if net.readout_ is not None:
-        net.readout_.W[...] = data["readout_W"]
-        net.readout_.b[...] = data["readout_b"]
+        net.readout_.W[...] = get("readout_W", net.readout_.W)
+        net.readout_.b[...] = get("readout_b", net.readout_.b)
         n = 2
-        net.readout_.opt.load_state_dict({"t": data["readout_opt_t"],
-                                          "m": [data[f"readout_opt_{i}"] for i in range(n)],
-                                          "v": [data[f"readout_opt_{i}"] for i in range(n, 2 * n)]})
+        net.readout_.opt.load_state_dict(opt_state(net.readout_.opt, lambda i: f"readout_opt_{i}",
+                                                   lambda i: f"readout_opt_{i + n}", "readout_opt_t"))
     net.epochs_done_ = int(meta["epochs_done"])
     net.history_ = list(meta["history"])
     return net

@@ -3,7 +3,10 @@
 * ``random``: a wrong label drawn uniformly among the other classes.
 * ``hard``: a wrong label drawn with probability proportional to ``softmax(goodness)`` over the
   wrong labels, where ``goodness`` is the network's current goodness for each candidate label
-  (the labels the model confuses most are drawn most often, as in Hinton's paper).
+  (the labels the model confuses most are drawn most often, as in Hinton's paper). Costs one
+  simulation per candidate label.
+* ``readout_hard``: the same sampling with the linear readout's logits from the neutral-label pass
+  (which training runs anyway for the readout) as scores: hard negatives at no extra simulation.
 """
 from __future__ import annotations
 

@@ -5,13 +5,15 @@
 
 One training step on a batch (see :meth:`FFNetwork.train_batch`):
 
+0. (with the readout) a neutral-label pass gives the readout's input; the readout takes a step;
 1. negative labels are drawn (:mod:`spikeff.negatives`);
 2. the positive phase (true labels) and the negative phase (wrong labels) are simulated as two
    separate epochs from rest (side by side as one batch), giving each layer's goodness per sample;
 3. each layer's FF loss gives a per-sample modulator (:mod:`spikeff.learning`);
 4. both phases are replayed with the modulators, accumulating each layer's local update
-   (:mod:`spikeff.engines.vectorized`); every layer takes one optimizer step;
-5. the optional linear readout takes a step on the neutral-label activities.
+   (:mod:`spikeff.engines.vectorized`); every layer takes one optimizer step.
+
+The negative labels of step 1 may come from the readout's current beliefs ("readout_hard").
 """
 from __future__ import annotations
 
@@ -20,9 +22,9 @@ import time
 import numpy as np
 
 from .config import FFConfig
-from .data import check_X, check_Xy
-from .encoding import NEUTRAL, ConcatSource, SpikeSource, overlay_labels
 from .backend import get_backend, to_backend
+from .data import DataError, check_X, check_Xy
+from .encoding import NEUTRAL, ConcatSource, SpikeSource, overlay_labels
 from .engines import get_engine
 from .goodness import get_goodness
 from .learning import ff_loss, lr_factor, make_optimizer
@@ -35,6 +37,14 @@ PHASE_IDS = {"positive": 1, "negative": 2, "neutral": 3, "eval": 4, "hard": 5}
 
 class NotFittedError(RuntimeError):
     pass
+
+
+def _check_finite_goodness(goodness, what: str):
+    """Raise FloatingPointError naming the first layer whose goodness is NaN or infinite."""
+    for l, g in enumerate(goodness):
+        if not np.all(np.isfinite(g)):
+            raise FloatingPointError(f"layer {l}: goodness is non-finite (NaN/inf) in the {what}: the "
+                                     "membrane potentials blew up; lower weight_init or learning_rate")
 
 
 class FFNetwork:
@@ -112,24 +122,38 @@ class FFNetwork:
         res = self.simulate(X, labels, seed=seed, record=False)
         return np.stack(res.goodness, axis=1)
 
+    def label_sources(self, X, seed: int = 0):
+        """Yield ``(n, source)`` per evaluation batch: ``n`` samples, each repeated with every
+        candidate label (rows ``k*C .. k*C+C-1`` = sample k), all labels sharing the image spikes.
+        The one place that fixes evaluation batching and seeds (the Lava export reuses it)."""
+        self._check_fitted()
+        X = check_X(X, self.n_features_in_)
+        C = self.n_classes_
+        bs = max(1, self.config.eval_batch_size // C)
+        for i in range(0, len(X), bs):
+            xb = X[i:i + bs]
+            yield len(xb), self._source(np.repeat(xb, C, axis=0), np.tile(np.arange(C), len(xb)),
+                                        seed=[self.config.seed, PHASE_IDS["eval"], seed, i], rows_per_noise=C)
+
+    def neutral_sources(self, X, seed: int = 0):
+        """Yield ``(n, source)`` per evaluation batch with the neutral label (for the readout)."""
+        self._check_fitted()
+        X = check_X(X, self.n_features_in_)
+        bs = self.config.eval_batch_size
+        for i in range(0, len(X), bs):
+            xb = X[i:i + bs]
+            yield len(xb), self._source(xb, np.full(len(xb), NEUTRAL),
+                                        seed=[self.config.seed, PHASE_IDS["neutral"], seed, i])
+
     def goodness_per_label(self, X, seed: int = 0) -> np.ndarray:
         """Goodness of every candidate label, shape (n_samples, n_classes, n_layers).
 
         All candidate labels of a sample see the same image spikes.
         """
-        self._check_fitted()
-        X = check_X(X, self.n_features_in_)
-        C, out = self.n_classes_, []
-        bs = max(1, self.config.eval_batch_size // C)
-        for i in range(0, len(X), bs):
-            xb = X[i:i + bs]
-            rows = np.repeat(xb, C, axis=0)
-            labels = np.tile(np.arange(C), len(xb))
-            src = self._source(rows, labels, seed=[self.config.seed, PHASE_IDS["eval"], seed, i],
-                               rows_per_noise=C)
-            res = self._run(src)
-            out.append(np.stack(res.goodness, axis=1).reshape(len(xb), C, -1))
-        return np.concatenate(out) if out else np.zeros((0, C, len(self.weights_)))
+        C, L = getattr(self, "n_classes_", 0), len(getattr(self, "weights_", []))
+        out = [np.stack(self._run(src).goodness, axis=1).reshape(n, C, -1)
+               for n, src in self.label_sources(X, seed)]
+        return np.concatenate(out) if out else np.zeros((0, C, L))
 
     def _layer_mask(self):
         L = len(self.weights_)
@@ -138,15 +162,9 @@ class FFNetwork:
         return np.ones(L, dtype=bool)
 
     def readout_features(self, X, seed: int = 0) -> np.ndarray:
-        self._check_fitted()
-        X = check_X(X, self.n_features_in_)
-        feats = []
-        for i in range(0, len(X), self.config.eval_batch_size):
-            xb = X[i:i + self.config.eval_batch_size]
-            src = self._source(xb, np.full(len(xb), NEUTRAL),
-                               seed=[self.config.seed, PHASE_IDS["neutral"], seed, i])
-            feats.append(readout_features(self._run(src).neuron_goodness))
-        return np.concatenate(feats)
+        """Unit-normalised per-neuron goodness of every layer with the neutral label (readout input)."""
+        return np.concatenate([readout_features(self._run(src).neuron_goodness)
+                               for _, src in self.neutral_sources(X, seed)])
 
     # -- prediction ----------------------------------------------------------------------------
     def predict(self, X, method: str | None = None) -> np.ndarray:
@@ -174,11 +192,24 @@ class FFNetwork:
         """One FF step on a batch. Returns per-layer loss and mean goodness of both phases."""
         c = self.config
         rng = np.random.default_rng(np.random.SeedSequence(seed + [0]))
+        out = {}
+        feats = None
+        if self.readout_ is not None:     # neutral-label pass: readout input (and readout_hard negatives)
+            neutral = self._run(self._source(X, np.full(len(X), NEUTRAL), seed + [PHASE_IDS["neutral"]]))
+            _check_finite_goodness(neutral.goodness, "neutral-label phase")
+            feats = readout_features(neutral.neuron_goodness)
         if c.negatives == "hard":
             scores = self.goodness_per_label(X, seed=seed[-1])[:, :, self._layer_mask()].sum(axis=2)
             y_neg = hard_wrong_labels(y, scores, rng)
+        elif c.negatives == "readout_hard":
+            y_neg = hard_wrong_labels(y, self.readout_.logits(feats), rng)
         else:
             y_neg = random_wrong_labels(y, self.n_classes_, rng)
+        if feats is not None:
+            out["readout_loss"] = self.readout_.step(feats, y)
+            if not (np.isfinite(out["readout_loss"]) and np.all(np.isfinite(self.readout_.W))):
+                raise FloatingPointError("readout: loss or weights became non-finite (NaN/inf); "
+                                         "lower readout_learning_rate")
         src_pos = self._source(X, y, seed + [PHASE_IDS["positive"]])
         src_neg = self._source(X, y_neg, seed + [PHASE_IDS["negative"]])
         # the positive and negative phases are separate simulations from rest, run side by side
@@ -186,9 +217,14 @@ class FFNetwork:
         both = ConcatSource([src_pos, src_neg])
         res = self._run(both)
         g_pos, g_neg = zip(*(both.split(g) for g in res.goodness))
+        _check_finite_goodness(g_pos, "positive phase")
+        _check_finite_goodness(g_neg, "negative phase")
         losses, mods = [], []
-        for gp, gn in zip(g_pos, g_neg):
+        for l, (gp, gn) in enumerate(zip(g_pos, g_neg)):
             value, mp, mn = ff_loss(gp, gn, c.loss, c.goodness_threshold, c.loss_sharpness)
+            if not np.isfinite(value):
+                raise FloatingPointError(f"layer {l}: the FF loss is non-finite ({value}); "
+                                         "lower learning_rate or weight_init")
             losses.append(value)
             mods.append(np.concatenate([mp, mn]))
         grads = self._run(both, modulators=mods).grads     # replay with the modulators
@@ -197,15 +233,13 @@ class FFNetwork:
             if not c.learn_bias:
                 db = db * 0
             opt.step([self.weights_[l], self.biases_[l]], [dW, db])
-        out = {"loss": losses, "g_pos": [float(g.mean()) for g in g_pos],
-               "g_neg": [float(g.mean()) for g in g_neg]}
-        if self.readout_ is not None:
-            neutral = self._run(self._source(X, np.full(len(X), NEUTRAL), seed + [PHASE_IDS["neutral"]]))
-            out["readout_loss"] = self.readout_.step(readout_features(neutral.neuron_goodness), y)
-        for l, W in enumerate(self.weights_):
-            if not bool(self.xp.all(self.xp.isfinite(W))):
+        xp = self.xp
+        for l, (W, b) in enumerate(zip(self.weights_, self.biases_)):
+            if not (bool(xp.all(xp.isfinite(W))) and bool(xp.all(xp.isfinite(b)))):
                 raise FloatingPointError(f"layer {l} weights became non-finite (NaN/inf) during training; "
                                          f"lower learning_rate or weight_init")
+        out.update(loss=losses, g_pos=[float(g.mean()) for g in g_pos],
+                   g_neg=[float(g.mean()) for g in g_neg])
         return out
 
     def train_epoch(self, X, y, epoch: int, progress: bool = False) -> dict:
@@ -224,7 +258,10 @@ class FFNetwork:
         acc = {"loss": np.zeros(L), "g_pos": np.zeros(L), "g_neg": np.zeros(L), "readout_loss": 0.0}
         t0 = time.perf_counter()
         for bi, idx in enumerate(it):
-            m = self.train_batch(X[idx], y[idx], seed=[c.seed, 2, epoch, bi])
+            try:
+                m = self.train_batch(X[idx], y[idx], seed=[c.seed, 2, epoch, bi])
+            except FloatingPointError as e:
+                raise FloatingPointError(f"epoch {epoch + 1}, batch {bi + 1}/{len(batches)}: {e}") from None
             w = len(idx) / len(X)
             for k in ("loss", "g_pos", "g_neg"):
                 acc[k] += w * np.asarray(m[k])
@@ -238,40 +275,77 @@ class FFNetwork:
                 "train_seconds": seconds, "samples_per_s": len(X) / seconds}
 
     def fit(self, X, y, X_val=None, y_val=None, epochs: int | None = None, progress: bool = False,
-            callback=None, n_classes: int | None = None):
+            callback=None, n_classes: int | None = None, val_methods=None):
         """Train from scratch for ``epochs`` (default: config.epochs). Returns self.
 
-        After each epoch, metrics (and accuracies on the validation set when given) are appended
-        to ``history_`` and ``callback(self, metrics)`` is called.
+        After each epoch, metrics (and accuracies on the validation set when given, for each of
+        ``val_methods``, default: goodness and readout) are appended to ``history_`` and
+        ``callback(self, metrics)`` is called.
         """
         X, y = check_Xy(X, y)
+        if n_classes is not None and (not isinstance(n_classes, (int, np.integer)) or n_classes <= y.max()):
+            raise DataError(f"n_classes: {n_classes!r} does not match the data: the labels go up to "
+                            f"{y.max()}, so n_classes must be an integer >= {y.max() + 1}")
         n_classes = n_classes or int(y.max()) + 1
         if n_classes < 2:
-            raise ValueError("y: need at least 2 classes to train a Forward-Forward network")
+            raise DataError("y: need at least 2 classes to train a Forward-Forward network")
         self.initialize(X.shape[1], n_classes)
-        return self.continue_fit(X, y, X_val, y_val, epochs=epochs, progress=progress, callback=callback)
+        return self.continue_fit(X, y, X_val, y_val, epochs=epochs, progress=progress, callback=callback,
+                                 val_methods=val_methods)
 
-    def continue_fit(self, X, y, X_val=None, y_val=None, epochs=None, progress=False, callback=None):
+    def continue_fit(self, X, y, X_val=None, y_val=None, epochs=None, progress=False, callback=None,
+                     val_methods=None):
         """Train a fitted network further (epochs count on from ``epochs_done_``)."""
         self._check_fitted()
         X, y = check_Xy(X, y, self.n_features_in_, self.n_classes_)
         if X_val is not None:
             X_val, y_val = check_Xy(X_val, y_val, self.n_features_in_, self.n_classes_)
         epochs = self.config.epochs if epochs is None else epochs
+        if val_methods is None:
+            val_methods = ["goodness"] + (["readout"] if self.readout_ is not None else [])
         while self.epochs_done_ < epochs:
             m = self.train_epoch(X, y, self.epochs_done_, progress=progress)
+            if self.epochs_done_ + 1 == epochs and self.readout_ is not None and self.config.readout_final_epochs:
+                t0 = time.perf_counter()
+                m["readout_final_loss"] = self.fit_readout(X, y, self.config.readout_final_epochs)
+                m["readout_final_seconds"] = time.perf_counter() - t0
             if X_val is not None:
                 t0 = time.perf_counter()
-                m["test_acc_goodness"] = self.score(X_val, y_val, "goodness")
-                if self.readout_ is not None:
-                    m["test_acc_readout"] = self.score(X_val, y_val, "readout")
-                m["test_acc"] = m[f"test_acc_{self.config.predict_method}"]
+                try:
+                    for method in val_methods:
+                        m[f"test_acc_{method}"] = self.score(X_val, y_val, method)
+                except FloatingPointError as e:
+                    raise FloatingPointError(f"epoch {self.epochs_done_ + 1}, validation: {e}") from None
+                m["test_acc"] = m.get(f"test_acc_{self.config.predict_method}")
                 m["eval_seconds"] = time.perf_counter() - t0
             self.epochs_done_ += 1
             self.history_.append(m)
             if callback is not None:
                 callback(self, m)
         return self
+
+    def fit_readout(self, X, y, epochs: int = 5, batch_size: int = 256) -> float:
+        """Retrain the linear readout on the network's current neutral-label features.
+
+        The features are computed once (one forward pass per sample, O(n_samples * n_hidden)
+        memory), so the readout no longer chases features that drift during FF training.
+        Returns the mean cross-entropy of the last epoch.
+        """
+        self._check_fitted()
+        if self.readout_ is None:
+            raise ValueError("fit_readout needs a network with readout = true")
+        X, y = check_Xy(X, y, self.n_features_in_, self.n_classes_)
+        F = self.readout_features(X, seed=PHASE_IDS["neutral"])
+        c = self.config
+        self.readout_ = LinearReadout(F.shape[1], self.n_classes_, c.readout_learning_rate)
+        rng = np.random.default_rng(np.random.SeedSequence([c.seed, 3]))
+        loss = float("nan")
+        for _ in range(epochs):
+            order = rng.permutation(len(F))
+            losses = [self.readout_.step(F[idx], y[idx]) * len(idx)
+                      for idx in (order[i:i + batch_size] for i in range(0, len(F), batch_size))]
+            loss = float(np.sum(losses) / len(F))
+        return loss
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, path):

@@ -33,20 +33,29 @@ from .config import NeuronConfig
 
 @dataclass(frozen=True)
 class DiscreteLIF:
-    """Per-step constants of the LIF model, derived from a :class:`NeuronConfig`."""
+    """Per-step constants of the LIF model, derived from a :class:`NeuronConfig`.
+
+    ``dt``, ``tau_syn`` and ``tau_mem`` (seconds) are the continuous parameters the per-step
+    constants came from; engines that keep physical time (Brian2) read them, the discrete update
+    itself only uses ``a_syn`` and ``a_mem``.
+    """
 
     a_syn: float
     a_mem: float
     v_threshold: float
     v_reset: float
     refractory_steps: int
+    dt: float = NeuronConfig.dt
+    tau_syn: float = NeuronConfig.tau_syn
+    tau_mem: float = NeuronConfig.tau_mem
 
     @classmethod
     def from_config(cls, neuron: NeuronConfig) -> "DiscreteLIF":
         return cls(a_syn=math.exp(-neuron.dt / neuron.tau_syn),
                    a_mem=math.exp(-neuron.dt / neuron.tau_mem),
                    v_threshold=float(neuron.v_threshold), v_reset=float(neuron.v_reset),
-                   refractory_steps=int(round(neuron.refractory / neuron.dt)))
+                   refractory_steps=int(round(neuron.refractory / neuron.dt)),
+                   dt=float(neuron.dt), tau_syn=float(neuron.tau_syn), tau_mem=float(neuron.tau_mem))
 
 
 @dataclass

@@ -1,0 +1,20 @@
+"""Export of trained networks to other simulators and hardware formats.
+
+- :mod:`spikeff.export.lava`: Lava processes (Loihi 2 style, ``floating_pt`` and bit-accurate
+  ``fixed_pt``), Loihi bit-width quantization with a report, and inference on Lava
+  (needs ``pip install spikeff[lava]`` to *run* on Lava; quantization and the bit-accurate numpy
+  model of Lava's fixed-point LIF work without it).
+- :mod:`spikeff.export.nir`: the network graph as NIR (``pip install spikeff[nir]``).
+
+Nothing here imports lava or nir at import time.
+"""
+from __future__ import annotations
+
+__all__ = ["lava", "nir"]
+
+
+def __getattr__(name):  # lazy submodules: ``spikeff.export.lava`` without importing lava itself
+    if name in __all__:
+        import importlib
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

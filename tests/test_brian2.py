@@ -1,0 +1,173 @@
+"""The Brian2 reference engine against the vectorized engine: same spikes, potentials, goodness
+and FF weight updates on the same input spike trains."""
+import numpy as np
+import pytest
+
+from spikeff import FFConfig, FFNetwork, NeuronConfig
+from spikeff.encoding import SpikeSource
+from spikeff.engines import brian2_engine, get_engine, vectorized
+from spikeff.goodness import Goodness, available_goodness, get_goodness
+from spikeff.learning import ff_loss
+from spikeff.neuron import DiscreteLIF
+
+pytestmark = pytest.mark.brian2
+TOL = 1e-9
+
+
+@pytest.fixture
+def target():
+    old = brian2_engine.TARGET
+    yield lambda name: setattr(brian2_engine, "TARGET", name)
+    brian2_engine.TARGET = old
+
+
+def two_layer_problem(seed=0, B=5):
+    rng = np.random.default_rng(seed)
+    W = [rng.normal(0.05, 0.5, (24, 18)), rng.normal(0.05, 0.5, (12, 24))]
+    b = [rng.normal(0, 0.05, 24), rng.normal(0, 0.05, 12)]
+    pos = SpikeSource(rng.random((B, 18)), "rate", 30, 1e-3, 400.0, seed=[seed, 1], dtype=np.float64)
+    neg = SpikeSource(rng.random((B, 18)), "rate", 30, 1e-3, 400.0, seed=[seed, 2], dtype=np.float64)
+    return W, b, pos, neg
+
+
+def assert_same_phase(ref, res, learn):
+    for l in range(len(ref.goodness)):
+        np.testing.assert_array_equal(res.record["spikes"][l], ref.record["spikes"][l])
+        np.testing.assert_allclose(res.record["v"][l], ref.record["v"][l], rtol=0, atol=TOL)
+        np.testing.assert_allclose(res.goodness[l], ref.goodness[l], rtol=0, atol=TOL)
+        np.testing.assert_allclose(res.neuron_goodness[l], ref.neuron_goodness[l], rtol=0, atol=TOL)
+        np.testing.assert_array_equal(res.spike_counts[l], ref.spike_counts[l])
+        if learn:
+            np.testing.assert_allclose(res.grads[l][0], ref.grads[l][0], rtol=0, atol=TOL)
+            np.testing.assert_allclose(res.grads[l][1], ref.grads[l][1], rtol=0, atol=TOL)
+    np.testing.assert_array_equal(res.record["input"], ref.record["input"])
+
+
+def run_both(W, b, lif, g, src, modulators=None):
+    ref = vectorized.run_phase(W, b, lif, g, src, chunk_steps=7, modulators=modulators, record=True)
+    res = brian2_engine.run_phase(W, b, lif, g, src, chunk_steps=7, modulators=modulators, record=True)
+    return ref, res
+
+
+@pytest.mark.parametrize("refractory", [0.0, 2e-3])
+def test_training_step_matches_vectorized(target, refractory):
+    """Positive and negative phase of one FF step, then their replays with the FF modulators."""
+    target("numpy")
+    W, b, pos, neg = two_layer_problem()
+    lif = DiscreteLIF.from_config(NeuronConfig(refractory=refractory))
+    g = get_goodness("energy_relu")
+    ref_pos, res_pos = run_both(W, b, lif, g, pos)
+    ref_neg, res_neg = run_both(W, b, lif, g, neg)
+    assert_same_phase(ref_pos, res_pos, learn=False)
+    assert_same_phase(ref_neg, res_neg, learn=False)
+    m_pos, m_neg = [], []
+    for gp, gn in zip(ref_pos.goodness, ref_neg.goodness):
+        theta = 0.5 * (gp.mean() + gn.mean())       # keeps the sigmoids away from saturation
+        _, mp, mn = ff_loss(gp, gn, "threshold", theta, 1.0)
+        m_pos.append(mp)
+        m_neg.append(mn)
+    assert all((m < 0).all() for m in m_pos) and all((m > 0).all() for m in m_neg)  # both signs
+    for src, mods in ((pos, m_pos), (neg, m_neg)):
+        ref, res = run_both(W, b, lif, g, src, modulators=mods)
+        assert_same_phase(ref, res, learn=True)
+        for l in range(2):
+            assert np.abs(ref.grads[l][0]).max() > 1e-3 and np.abs(ref.grads[l][1]).max() > 1e-3
+    # not trivial: both layers spike, but are not saturated
+    for l in range(2):
+        rate = ref_pos.record["spikes"][l].mean()
+        assert 0.05 < rate < 0.7, rate
+        if refractory:
+            assert rate <= 1 / 3 + 1e-12   # one spike, then two steps held at reset
+
+
+@pytest.mark.parametrize("goodness_name", available_goodness())
+def test_goodness_variants_match(target, goodness_name):
+    """Every registered goodness (its Brian2 expression) gives the same G and updates."""
+    target("numpy")
+    W, b, pos, _ = two_layer_problem(seed=1, B=3)
+    lif = DiscreteLIF.from_config(NeuronConfig())
+    g = get_goodness(goodness_name)
+    mods = [np.array([1.0, -2.0, 0.5]), np.array([-1.0, 0.3, 2.0])]
+    ref, res = run_both(W, b, lif, g, pos, modulators=mods)
+    assert_same_phase(ref, res, learn=True)
+
+
+def test_learning_only_some_layers_and_no_bias(target):
+    target("numpy")
+    W, _, pos, _ = two_layer_problem(seed=2, B=4)
+    lif = DiscreteLIF.from_config(NeuronConfig())
+    g = get_goodness("energy_relu")
+    ref, res = run_both(W, [None, None], lif, g, pos, modulators=[None, np.linspace(-1, 1, 4)])
+    assert res.grads[0] is None
+    assert_same_phase(ref, res, learn=False)
+    np.testing.assert_allclose(res.grads[1][0], ref.grads[1][0], rtol=0, atol=TOL)
+
+
+def test_fit_with_brian2_engine_equals_vectorized(digits):
+    """A (short) training run with engine="brian2" gives the weights of the vectorized engine."""
+    X, y = digits.X_train[:48], digits.y_train[:48]
+    cfg = FFConfig(hidden_sizes=(16, 12), n_steps=10, epochs=1, batch_size=24, dtype="float64",
+                   readout=False, seed=4)
+    nets = {e: FFNetwork(cfg, engine=e).fit(X, y, n_classes=10) for e in ("vectorized", "brian2")}
+    for Wv, Wb in zip(nets["vectorized"].weights_, nets["brian2"].weights_):
+        np.testing.assert_allclose(Wb, Wv, rtol=0, atol=1e-9)
+    init = FFNetwork(cfg).initialize(X.shape[1], 10).weights_
+    assert not np.allclose(nets["brian2"].weights_[0], init[0])   # it did learn
+
+
+def test_registry_and_bad_input(target):
+    assert get_engine("brian2") is brian2_engine.run_phase
+    W, b, pos, _ = two_layer_problem(B=2)
+    lif = DiscreteLIF.from_config(NeuronConfig())
+    g = get_goodness("energy_relu")
+    with pytest.raises(ValueError, match="weights\\[1\\] must have shape"):
+        brian2_engine.run_phase([W[0], W[1].T], b, lif, g, pos)
+    with pytest.raises(ValueError, match="modulators\\[0\\] must have shape"):
+        brian2_engine.run_phase(W, b, lif, g, pos, modulators=[np.ones(3), None])
+    with pytest.raises(ValueError, match="no Brian2 expression"):
+        brian2_engine.run_phase(W, b, lif, Goodness("custom", np.abs, np.sign), pos)
+    target("cpp")
+    with pytest.raises(ValueError, match="choose one of \\['numpy', 'cython'\\]"):
+        brian2_engine.run_phase(W, b, lif, g, pos)
+
+
+@pytest.mark.slow
+def test_cython_target_matches_vectorized(target):
+    """Same check with Brian2's cython code generation (first run compiles: ~1 min)."""
+    pytest.importorskip("Cython")
+    target("cython")
+    W, b, pos, _ = two_layer_problem(B=3)
+    lif = DiscreteLIF.from_config(NeuronConfig(refractory=2e-3))
+    ref, res = run_both(W, b, lif, get_goodness("energy_relu"), pos,
+                        modulators=[np.array([1.0, -1.0, 0.5]), np.array([-0.5, 2.0, 1.0])])
+    assert_same_phase(ref, res, learn=True)
+
+
+def test_other_dt_and_time_constants(target):
+    """The Brian2 clock and the decay factors follow NeuronConfig (dt = 0.5 ms here)."""
+    target("numpy")
+    W, b, pos, _ = two_layer_problem(seed=3, B=3)
+    lif = DiscreteLIF.from_config(NeuronConfig(dt=5e-4, tau_syn=2e-3, tau_mem=8e-3, v_reset=-0.5))
+    assert lif.dt == 5e-4 and lif.tau_syn == 2e-3 and lif.tau_mem == 8e-3
+    ref, res = run_both(W, b, lif, get_goodness("energy_relu"), pos, modulators=[np.ones(3), -np.ones(3)])
+    assert_same_phase(ref, res, learn=True)
+
+
+def test_discrete_update_is_exact_solution_of_continuous_equations():
+    """One step of tau_syn du/dt = -u and tau_mem dv/dt = -v + R (u + b) (u held over the step),
+    integrated by Brian2's exact method, is the discrete update of spikeff.neuron."""
+    import brian2 as b2
+    b2.prefs.codegen.target = "numpy"
+    lif = DiscreteLIF.from_config(NeuronConfig(tau_syn=3e-3, tau_mem=7e-3))
+    R = 1 / (1 - lif.a_mem)
+    u0, v0, bias = np.array([0.3, -1.2, 2.0]), np.array([0.1, 0.9, -0.4]), np.array([0.05, 0.0, -0.1])
+    ns = {"tau_syn": lif.tau_syn * b2.second, "tau_mem": lif.tau_mem * b2.second, "R": R}
+    grp = b2.NeuronGroup(3, """du/dt = -u/tau_syn : volt
+                               dv/dt = (-v + R*(u_held + b))/tau_mem : volt
+                               u_held : volt (constant)
+                               b : volt (constant)""", method="exact", namespace=ns,
+                         dt=lif.dt * b2.second)
+    grp.u, grp.v, grp.u_held, grp.b = u0 * b2.mV, v0 * b2.mV, u0 * b2.mV, bias * b2.mV
+    b2.Network(grp).run(lif.dt * b2.second)
+    np.testing.assert_allclose(grp.u[:] / b2.mV, lif.a_syn * u0, rtol=1e-12)
+    np.testing.assert_allclose(grp.v[:] / b2.mV, lif.a_mem * v0 + u0 + bias, rtol=1e-12, atol=1e-12)
