@@ -4,8 +4,8 @@ Everything is measured in one run on this machine; speeds are reported as ratios
 same process (the training step against numpy matmul of the same shapes and dtype), because the
 absolute numbers depend on the machine and on what else runs on it.
 
-* **training**: samples/s of one :meth:`FFNetwork.train_batch` (positive and negative phase as one
-  2B batch, their replay with the modulators, one neutral pass for the readout);
+* **training**: samples/s of one :meth:`FFNetwork.train_batch` (neutral, positive and negative
+  phase as one 3B batch, then the positive and negative phase replayed with the modulators);
 * **FLOPs** counted: the GEMMs of the model only, i.e. the forward currents of every pass
   (``2 T B sum_l M_l N_l`` per pass) and the gradient GEMMs of the replay (the same count); the
   small trace-filter GEMMs and all elementwise work are overhead, not counted;
@@ -61,7 +61,9 @@ def _gemm_plan(sizes, batch, n_steps, chunk, dtype, readout=True):
     chunks = [min(chunk, n_steps - t0) for t0 in range(0, n_steps, chunk)]
     for m, n in zip(sizes[:-1], sizes[1:]):
         W = rng.standard_normal((n, m)).astype(dtype)
-        for rows, fwd_count, grad_count in ((2 * batch, 2, 1), (batch, 1 if readout else 0, 0)):
+        # first pass: neutral + positive + negative phases as one batch; replay: pos + neg
+        first_rows = (3 if readout else 2) * batch
+        for rows, fwd_count, grad_count in ((first_rows, 1, 0), (2 * batch, 1, 1)):
             for k in sorted(set(chunks)):
                 times_k = chunks.count(k)
                 x = (rng.random((k * rows, m)) < 0.3).astype(dtype)
@@ -212,8 +214,8 @@ def run_bench(quick: bool = False, out=None, shared_machine: bool = True, log=pr
               "shared_machine": shared_machine,
               "note": ("absolute numbers depend on the machine and its load; compare the in-run ratios "
                        "(pct_roofline, memory ratio). GPU figures: not measured here (no GPU)."),
-              "flop_count": ("model GEMMs only: forward currents of every pass (pos+neg as one 2B batch, "
-                             "their replay, the neutral pass) + gradient GEMMs of the replay"),
+              "flop_count": ("model GEMMs only: forward currents of every pass (neutral+pos+neg as one 3B "
+                             "batch, pos+neg replayed as 2B) + gradient GEMMs of the replay"),
               "training": [], "memory": []}
     log(f"spikeff bench ({'quick' if quick else 'full'}), BLAS: {result['environment'].get('blas')}")
     for hidden, batch in p["networks"]:

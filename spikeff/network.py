@@ -14,6 +14,9 @@ One training step on a batch (see :meth:`FFNetwork.train_batch`):
    (:mod:`spikeff.engines.vectorized`); every layer takes one optimizer step.
 
 The negative labels of step 1 may come from the readout's current beliefs ("readout_hard").
+Phases that need no result of another are simulated side by side as one batch (neutral, positive
+and negative; or positive and negative): each still runs from rest with its own input spikes, the
+GEMMs are larger and the time loop runs once.
 """
 from __future__ import annotations
 
@@ -194,29 +197,41 @@ class FFNetwork:
         rng = np.random.default_rng(np.random.SeedSequence(seed + [0]))
         out = {}
         feats = None
-        if self.readout_ is not None:     # neutral-label pass: readout input (and readout_hard negatives)
-            neutral = self._run(self._source(X, np.full(len(X), NEUTRAL), seed + [PHASE_IDS["neutral"]]))
-            _check_finite_goodness(neutral.goodness, "neutral-label phase")
-            feats = readout_features(neutral.neuron_goodness)
+        src_pos = self._source(X, y, seed + [PHASE_IDS["positive"]])
+        src_neutral = (self._source(X, np.full(len(X), NEUTRAL), seed + [PHASE_IDS["neutral"]])
+                       if self.readout_ is not None else None)
+        # the phases are separate simulations from rest; those that need no result of another run
+        # side by side as one batch (larger GEMMs, one time loop), each with its own input spikes
+        first = None
+        if src_neutral is not None and c.negatives == "readout_hard":
+            neutral = self._run(src_neutral)      # the negatives depend on the readout's view
+            neutral_goodness = (neutral.goodness, neutral.neuron_goodness)
         if c.negatives == "hard":
             scores = self.goodness_per_label(X, seed=seed[-1])[:, :, self._layer_mask()].sum(axis=2)
             y_neg = hard_wrong_labels(y, scores, rng)
         elif c.negatives == "readout_hard":
+            feats = readout_features(neutral_goodness[1])
             y_neg = hard_wrong_labels(y, self.readout_.logits(feats), rng)
         else:
             y_neg = random_wrong_labels(y, self.n_classes_, rng)
-        if feats is not None:
+        src_neg = self._source(X, y_neg, seed + [PHASE_IDS["negative"]])
+        both = ConcatSource([src_pos, src_neg])
+        if src_neutral is not None and c.negatives != "readout_hard":
+            first = ConcatSource([src_neutral, src_pos, src_neg])
+            res = self._run(first)
+            parts = [first.split(g) for g in res.goodness]
+            neutral_goodness = ([p[0] for p in parts], [first.split(g)[0] for g in res.neuron_goodness])
+            g_pos, g_neg = zip(*((p[1], p[2]) for p in parts))
+        else:
+            res = self._run(both)
+            g_pos, g_neg = zip(*(both.split(g) for g in res.goodness))
+        if src_neutral is not None:           # neutral-label pass: the readout's input
+            _check_finite_goodness(neutral_goodness[0], "neutral-label phase")
+            feats = readout_features(neutral_goodness[1])
             out["readout_loss"] = self.readout_.step(feats, y)
             if not (np.isfinite(out["readout_loss"]) and np.all(np.isfinite(self.readout_.W))):
                 raise FloatingPointError("readout: loss or weights became non-finite (NaN/inf); "
                                          "lower readout_learning_rate")
-        src_pos = self._source(X, y, seed + [PHASE_IDS["positive"]])
-        src_neg = self._source(X, y_neg, seed + [PHASE_IDS["negative"]])
-        # the positive and negative phases are separate simulations from rest, run side by side
-        # as one batch of 2B (larger GEMMs); each keeps its own input spikes
-        both = ConcatSource([src_pos, src_neg])
-        res = self._run(both)
-        g_pos, g_neg = zip(*(both.split(g) for g in res.goodness))
         _check_finite_goodness(g_pos, "positive phase")
         _check_finite_goodness(g_neg, "negative phase")
         losses, mods = [], []
