@@ -19,6 +19,7 @@ LOSSES = ("threshold", "symba")
 NEGATIVES = ("random", "hard", "readout_hard")
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
+NORMALIZATIONS = ("none", "length")
 PREDICT_METHODS = ("goodness", "readout")
 DTYPES = ("float32", "float64")
 ENGINES = ("vectorized", "brian2")
@@ -114,6 +115,7 @@ class FFConfig:
     n_steps: int = 20
     weight_init: float = 1.0           # std of initial weights times sqrt(fan_in), in mV
     learn_bias: bool = False
+    normalization: str = "none"        # "length": per-step length normalisation between layers
     dtype: str = "float32"
     engine: str = "vectorized"
     backend: str = "numpy"             # array library of the vectorized engine: numpy, cupy (GPU), torch
@@ -171,6 +173,7 @@ class FFConfig:
         _check_choice(self.loss, "loss", LOSSES)
         _check_choice(self.negatives, "negatives", NEGATIVES)
         _check_choice(self.optimizer, "optimizer", OPTIMIZERS)
+        _check_choice(self.normalization, "normalization", NORMALIZATIONS)
         _check_choice(self.lr_schedule, "lr_schedule", LR_SCHEDULES)
         _check_choice(self.predict_method, "predict_method", PREDICT_METHODS)
         _check_choice(self.dtype, "dtype", DTYPES)

@@ -109,8 +109,9 @@ class FFNetwork:
         c = self.config
         run_phase = get_engine(c.engine)
         biases = self.biases_ if c.learn_bias else [None] * len(self.weights_)
+        kw = {"normalize": True} if c.normalization == "length" else {}
         return run_phase(self.weights_, biases, self.lif, get_goodness(c.goodness), source,
-                         c.chunk_steps, modulators=modulators, record=record)
+                         c.chunk_steps, modulators=modulators, record=record, **kw)
 
     def simulate(self, X, labels=None, seed: int = 0, record: bool = True):
         """Simulate one phase (labels: ints, or None for the neutral label) and return the PhaseResult,

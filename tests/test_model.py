@@ -110,3 +110,53 @@ def test_refractory_holds_membrane_at_reset():
     s = res.record["spikes"][0][:, 0, 0]
     t = np.flatnonzero(s)
     assert len(t) >= 3 and np.all(np.diff(t) >= 4)
+
+
+def test_length_normalization_hides_how_many_neurons_fired():
+    """With normalize=True the second layer's input at each step is x * sqrt(M / n_spikes): its
+    drive depends on which presynaptic neurons fired, not on how many."""
+    g = get_goodness("energy")
+    rng = np.random.default_rng(7)
+    M = 6
+    # one LIF for both layers: layer 1 relays its input spikes (weight 10, threshold 0.5, fast decay);
+    # layer 2's weights are small, so it stays subthreshold and its v is linear in its input
+    relay = DiscreteLIF.from_config(NeuronConfig(v_threshold=0.5, tau_syn=1e-3, tau_mem=1e-3))
+    W2 = rng.normal(size=(4, M)) * 0.01
+    W2[:, 2:] = W2[:, :2].mean(axis=1, keepdims=True)   # same summed drive per fired neuron
+    few = np.zeros((1, M)); few[0, :2] = 1               # 2 of 6 input neurons fire every step
+    many = np.ones((1, M))                              # all 6 fire
+    v = {}
+    for name, x in (("few", few), ("many", many)):
+        for norm in (False, True):
+            src = SpikeSource(x, "rate", 8, 1e-3, 1000.0, seed=0, dtype=np.float64)
+            res = run_phase([np.eye(M) * 10, W2], [None, None], relay, g, src, chunk_steps=3,
+                            record=True, normalize=norm)
+            assert res.spike_counts[1].sum() == 0
+            v[name, norm] = res.record["v"][1][:, 0]
+    # without normalisation 3x the spikes give 3x the drive; with it, sqrt(M/n) cancels the count
+    np.testing.assert_allclose(v["many", False][3:], 3 * v["few", False][3:], rtol=1e-9)
+    np.testing.assert_allclose(v["many", True][3:], 3 * np.sqrt(6 / 6) / np.sqrt(6 / 2) * v["few", True][3:],
+                               rtol=1e-9)
+
+
+def test_local_rule_is_exact_gradient_with_length_normalization():
+    relay = DiscreteLIF.from_config(NeuronConfig(v_threshold=0.5, tau_syn=1e-3, tau_mem=1e-3))
+    g = get_goodness("energy_relu")
+    rng = np.random.default_rng(8)
+    M = 6
+    W = [np.eye(M) * 10, rng.normal(0.02, 0.02, (4, M))]
+    src = SpikeSource(rng.random((3, M)), "rate", 10, 1e-3, 600.0, seed=1, dtype=np.float64)
+    m = [None, rng.normal(size=3)]
+    res = run_phase(W, [None, None], relay, g, src, chunk_steps=4, modulators=m, normalize=True)
+    assert res.spike_counts[1].sum() == 0 and res.spike_counts[0].sum() > 10
+
+    def f(W2):
+        return float(m[1] @ run_phase([W[0], W2], [None, None], relay, g, src, 4, normalize=True).goodness[1])
+    num = np.zeros_like(W[1])
+    for i in range(4):
+        for j in range(M):
+            Wp, Wm = W[1].copy(), W[1].copy()
+            Wp[i, j] += 1e-6
+            Wm[i, j] -= 1e-6
+            num[i, j] = (f(Wp) - f(Wm)) / 2e-6
+    np.testing.assert_allclose(res.grads[1][0], num, rtol=1e-5, atol=1e-10)

@@ -162,3 +162,13 @@ def test_bad_data_gets_clear_errors(small_config, digits):
     net.fit(digits.X_train[:40], digits.y_train[:40])
     with pytest.raises(DataError, match="features"):
         net.predict(np.zeros((2, 5)))
+
+
+def test_length_normalization_trains_and_export_refuses_it(small_config, digits):
+    from spikeff.export import check_exportable
+    net = FFNetwork(small_config.replace(normalization="length")).fit(digits.X_train[:100], digits.y_train[:100])
+    assert np.all(np.isfinite(net.goodness(digits.X_test[:10], digits.y_test[:10])))
+    with pytest.raises(ValueError, match="normalization"):
+        check_exportable(net)
+    with pytest.raises(ConfigError, match="normalization"):
+        FFConfig(normalization="layer")

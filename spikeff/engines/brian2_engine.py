@@ -142,11 +142,13 @@ def _replica_indices(B: int, M: int, N: int):
 
 
 def run_phase(weights, biases, lif: DiscreteLIF, goodness: Goodness, source, chunk_steps: int = 0,
-              modulators=None, record: bool = False) -> PhaseResult:
+              modulators=None, record: bool = False, normalize: bool = False) -> PhaseResult:
     """Simulate one phase with Brian2 (see :func:`spikeff.engines.vectorized.run_phase`).
 
     ``chunk_steps`` is ignored (Brian2 steps the whole window in one ``run``).
     """
+    if normalize:
+        raise ValueError("normalization: the brian2 engine supports only normalization = 'none'")
     import brian2 as b2
 
     _check_inputs(weights, biases, source, modulators)

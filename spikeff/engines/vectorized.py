@@ -81,9 +81,10 @@ def _parallel(fn, B, N, min_work=1 << 16):
 class _Layer:
     """Buffers and state of one layer for one phase (O(chunk_steps) memory)."""
 
-    def __init__(self, W, bias, lif, goodness, B, K, modulator, T, xp):
+    def __init__(self, W, bias, lif, goodness, B, K, modulator, T, xp, normalize=False):
         N, M = W.shape
         self.W, self.bias, self.lif, self.goodness, self.xp = W, bias, lif, goodness, xp
+        self.normalize = normalize
         self.B, self.N, self.M, self.dtype = B, N, M, W.dtype
         self.np = xp is np
         self.learn = modulator is not None
@@ -129,6 +130,13 @@ class _Layer:
         Returns (spikes, pre-reset potentials or None); the potentials are valid until the next chunk.
         """
         xp, B, N, M, lif = self.xp, self.B, self.N, self.M, self.lif
+        if self.normalize:      # length normalisation of the spikes from the layer below, per step
+            X = self.Z[3:3 + k] if self.np else x
+            X = X * xp.sqrt(M / xp.maximum(xp.sum(X, axis=2, keepdims=True), 1))
+            if self.np:
+                self.Z[3:3 + k] = X
+            else:
+                x = X
         if self.np:
             E = self.E[:(2 if self.learn else 1) * k]
             E3 = E.reshape(-1, B, M)
@@ -194,8 +202,14 @@ class _Layer:
 
 
 def run_phase(weights, biases, lif: DiscreteLIF, goodness: Goodness, source, chunk_steps: int,
-              modulators=None, record: bool = False) -> PhaseResult:
+              modulators=None, record: bool = False, normalize: bool = False) -> PhaseResult:
     """Simulate one phase of the network on the spikes of ``source`` (a SpikeSource).
+
+    ``normalize``: layers after the first receive the spikes of the layer below scaled to a fixed
+    length at every step, ``x[t] * sqrt(M / max(1, |x[t]|_0))`` (Hinton's length normalisation,
+    per step: the next layer sees which neurons fired, not how many, so it cannot reuse the
+    goodness of the layer below). Eligibility traces filter the scaled input, so the local rule
+    stays the exact subthreshold gradient. Not representable by Lava's Dense + LIF.
 
     ``weights[l]`` has shape (N_l, M_l); ``biases[l]`` (N_l,) or None. ``modulators[l]`` (B,) or
     None per layer: when given, the layer's weight gradient ``sum_b m_b dG_b/dW`` is returned.
@@ -205,7 +219,8 @@ def run_phase(weights, biases, lif: DiscreteLIF, goodness: Goodness, source, chu
     B, T, L = source.shape[0], source.n_steps, len(weights)
     K = min(chunk_steps, T)
     mods = modulators if modulators is not None else [None] * L
-    layers = [_Layer(W, biases[l], lif, goodness, B, K, mods[l], T, xp) for l, W in enumerate(weights)]
+    layers = [_Layer(W, biases[l], lif, goodness, B, K, mods[l], T, xp, normalize=normalize and l > 0)
+              for l, W in enumerate(weights)]
     last_out = np.empty((K, B, weights[-1].shape[0]), dtype=weights[-1].dtype) if xp is np else None
     rec_in, rec_s, rec_v = [], [[] for _ in range(L)], [[] for _ in range(L)]
     e_b = 0.0

@@ -13,6 +13,15 @@ from __future__ import annotations
 __all__ = ["lava", "nir"]
 
 
+def check_exportable(net):
+    """A fitted network whose layers are plain Dense + LIF chains (what Lava and NIR describe)."""
+    net._check_fitted()
+    if net.config.normalization != "none":
+        raise ValueError(f"normalization = {net.config.normalization!r} scales each layer's input by the "
+                         "number of spikes of the layer below at every step, which Lava's Dense + LIF and "
+                         "NIR's Linear + CubaLIF cannot express; export needs normalization = 'none'")
+
+
 def __getattr__(name):  # lazy submodules: ``spikeff.export.lava`` without importing lava itself
     if name in __all__:
         import importlib

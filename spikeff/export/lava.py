@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import check_exportable
 from ..encoding import NEUTRAL
 from ..goodness import get_goodness
 from ..readout import readout_features
@@ -232,7 +233,7 @@ def quantize_network(net, X_calib=None, headroom: float = 2.0, weight_clip_perce
     """Quantize every layer to Loihi 2 bit widths. ``X_calib``: a few inputs whose float run sets
     the range of u and v (if None, a worst-case bound: every input spiking at every step).
     Returns the per-layer parameters and a JSON-able report (scales, bit widths, clipping)."""
-    net._check_fitted()
+    check_exportable(net)
     if not (headroom >= 1.0):
         raise ValueError(f"headroom must be >= 1, got {headroom}")
     if not (0 < weight_clip_percentile <= 100):
@@ -359,7 +360,7 @@ def build_lava_network(net, input_spikes, mode: str = "floating_pt", quant: Quan
     ``connection``: "dense", "sparse" (block-diagonal, for many copies) or "auto"."""
     lv = require_lava()
     _check_mode(mode)
-    net._check_fitted()
+    check_exportable(net)
     x = np.asarray(input_spikes)
     if x.ndim != 3 or x.shape[2] != net.weights_[0].shape[1]:
         raise ValueError(f"input_spikes must have shape (T, B, {net.weights_[0].shape[1]}), got {x.shape}")
@@ -465,6 +466,7 @@ def simulate(net, input_spikes, mode: str = "fixed_pt", quant=None, backend: str
     own simulation) or "numpy" (spikeff's engine in float64 for floating_pt, the bit-exact model of
     Lava's fixed-point processes for fixed_pt)."""
     _check_mode(mode)
+    check_exportable(net)
     if backend == "lava":
         return run_on_lava(net, input_spikes, mode, quant)
     if backend != "numpy":

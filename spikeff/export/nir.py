@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import check_exportable
+
 NIR_INSTALL_HINT = "pip install spikeff[nir]"
 
 
@@ -56,7 +58,7 @@ def to_nir(net, dt: float | None = None):
     """The NIR graph of a fitted network. ``dt`` (seconds): time step the graph describes
     (default: the network's own ``config.neuron.dt``)."""
     nir = require_nir()
-    net._check_fitted()
+    check_exportable(net)
     c = net.config
     dt = float(c.neuron.dt if dt is None else dt)
     if not (dt > 0 and math.isfinite(dt)):
