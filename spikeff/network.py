@@ -5,7 +5,7 @@
 
 One training step on a batch (see :meth:`FFNetwork.train_batch`):
 
-1. negative labels are drawn (:mod:`spikeff.negatives`);
+1. the negative data are made (:mod:`spikeff.negatives`: wrong labels, or hybrid images);
 2. the positive phase (true labels) and the negative phase (wrong labels) are simulated as two
    separate epochs from rest, giving each layer's goodness per sample;
 3. each layer's FF loss gives a per-sample modulator (:mod:`spikeff.learning`);
@@ -25,7 +25,7 @@ from .encoding import NEUTRAL, SpikeSource, overlay_labels
 from .engines import get_engine
 from .goodness import get_goodness
 from .learning import ff_loss, lr_factor, make_optimizer
-from .negatives import hard_wrong_labels, random_wrong_labels
+from .negatives import hard_wrong_labels, hybrid_images, random_wrong_labels
 from .neuron import DiscreteLIF
 from .readout import LinearReadout, readout_features
 
@@ -90,7 +90,7 @@ class FFNetwork:
         inten = overlay_labels(np.asarray(X, dtype=np.float64), labels, self.n_classes_,
                                c.label_repeat, c.label_intensity)
         return SpikeSource(inten, c.encoding, c.n_steps, c.neuron.dt, c.max_rate, seed,
-                           rows_per_noise=rows_per_noise, dtype=self.dtype)
+                           rows_per_noise=rows_per_noise, dtype=self.dtype, latency_period=c.latency_period)
 
     def _run(self, source, modulators=None, record=False):
         c = self.config
@@ -171,17 +171,55 @@ class FFNetwork:
         return float(np.mean(self.predict(X, method) == y))
 
     # -- training ------------------------------------------------------------------------------
+    def negative_data(self, X, y, seed, rng):
+        """(positive labels, negative inputs, negative labels) of a batch, by ``config.negatives``
+        (see :mod:`spikeff.negatives`). ``hybrid``: neutral labels, hybrid images as negatives."""
+        c = self.config
+        if c.negatives == "hybrid":
+            neutral = np.full(len(X), NEUTRAL)
+            return neutral, hybrid_images(X, rng), neutral
+        if c.negatives == "hard":
+            scores = self.goodness_per_label(X, seed=seed[-1])[:, :, self._layer_mask()].sum(axis=2)
+            return y, X, hard_wrong_labels(y, scores, rng)
+        return y, X, random_wrong_labels(y, self.n_classes_, rng)
+
+    def _apply_grads(self, grads_per_phase):
+        """One optimizer step per layer on the sum of the phases' gradients [(dW, db) per layer]."""
+        for l, opt in enumerate(self.optimizers_):
+            dW = sum(g[l][0] for g in grads_per_phase)
+            db = sum(g[l][1] for g in grads_per_phase) if self.config.learn_bias else np.zeros_like(self.biases_[l])
+            opt.step([self.weights_[l], self.biases_[l]], [dW, db])
+        for l, (W, b) in enumerate(zip(self.weights_, self.biases_)):
+            if not (np.all(np.isfinite(W)) and np.all(np.isfinite(b))):
+                raise FloatingPointError(f"layer {l} weights became non-finite (NaN/inf) during training; "
+                                         f"lower learning_rate or weight_init")
+
+    def train_phase(self, X, labels, seed, phase: str) -> list:
+        """One FF update from a single phase alone: ``phase="positive"`` raises the goodness of
+        (X, labels), ``"negative"`` lowers it, with the same local rule and optimizer as
+        :meth:`train_batch` (for "sleep" schedules where the phases are far apart in time). Needs
+        the ``threshold`` loss, whose positive and negative terms are separate. Returns the mean
+        goodness of each layer."""
+        c = self.config
+        if c.loss != "threshold":
+            raise ValueError(f"train_phase needs loss = 'threshold' (the {c.loss!r} loss couples the two phases)")
+        if phase not in ("positive", "negative"):
+            raise ValueError(f"phase: {phase!r} is not valid; choose one of ['positive', 'negative']")
+        src = self._source(X, labels, seed)
+        res = self._run(src)
+        _check_finite_goodness(res.goodness, f"{phase} phase")
+        mods = [ff_loss(g, g, c.loss, c.goodness_threshold, c.loss_sharpness)[1 if phase == "positive" else 2]
+                for g in res.goodness]
+        self._apply_grads([self._run(src, modulators=mods).grads])
+        return [float(g.mean()) for g in res.goodness]
+
     def train_batch(self, X, y, seed) -> dict:
         """One FF step on a batch. Returns per-layer loss and mean goodness of both phases."""
         c = self.config
         rng = np.random.default_rng(np.random.SeedSequence(seed + [0]))
-        if c.negatives == "hard":
-            scores = self.goodness_per_label(X, seed=seed[-1])[:, :, self._layer_mask()].sum(axis=2)
-            y_neg = hard_wrong_labels(y, scores, rng)
-        else:
-            y_neg = random_wrong_labels(y, self.n_classes_, rng)
-        src_pos = self._source(X, y, seed + [PHASE_IDS["positive"]])
-        src_neg = self._source(X, y_neg, seed + [PHASE_IDS["negative"]])
+        y_pos, X_neg, y_neg = self.negative_data(X, y, seed, rng)
+        src_pos = self._source(X, y_pos, seed + [PHASE_IDS["positive"]])
+        src_neg = self._source(X_neg, y_neg, seed + [PHASE_IDS["negative"]])
         pos = self._run(src_pos)                     # positive phase
         neg = self._run(src_neg)                     # negative phase (separate simulation)
         _check_finite_goodness(pos.goodness, "positive phase")
@@ -197,16 +235,7 @@ class FFNetwork:
             m_neg.append(mn)
         grads_pos = self._run(src_pos, modulators=m_pos).grads   # replay with the modulators
         grads_neg = self._run(src_neg, modulators=m_neg).grads
-        for l, opt in enumerate(self.optimizers_):
-            dW = grads_pos[l][0] + grads_neg[l][0]
-            db = grads_pos[l][1] + grads_neg[l][1]
-            if not c.learn_bias:
-                db = np.zeros_like(db)
-            opt.step([self.weights_[l], self.biases_[l]], [dW, db])
-        for l, (W, b) in enumerate(zip(self.weights_, self.biases_)):
-            if not (np.all(np.isfinite(W)) and np.all(np.isfinite(b))):
-                raise FloatingPointError(f"layer {l} weights became non-finite (NaN/inf) during training; "
-                                         f"lower learning_rate or weight_init")
+        self._apply_grads([grads_pos, grads_neg])
         out = {"loss": losses, "g_pos": [float(g.mean()) for g in pos.goodness],
                "g_neg": [float(g.mean()) for g in neg.goodness]}
         if self.readout_ is not None:
@@ -278,7 +307,8 @@ class FFNetwork:
             X_val, y_val = check_Xy(X_val, y_val, self.n_features_in_, self.n_classes_)
         epochs = self.config.epochs if epochs is None else epochs
         if val_methods is None:
-            val_methods = ["goodness"] + (["readout"] if self.readout_ is not None else [])
+            val_methods = ((["goodness"] if self.config.negatives != "hybrid" else [])
+                           + (["readout"] if self.readout_ is not None else []))
         while self.epochs_done_ < epochs:
             m = self.train_epoch(X, y, self.epochs_done_, progress=progress)
             if X_val is not None:
