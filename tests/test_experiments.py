@@ -49,7 +49,7 @@ def test_sleep(tmp_path, monkeypatch):
 def test_time_and_encoding(tmp_path, monkeypatch):
     rows, res = _run("time_and_encoding", tmp_path, monkeypatch)
     assert {(r["encoding"], r["T"]) for r in rows} == {(e, T) for e in ("rate", "latency", "latency, period 5")
-                                                       for T in (10, 30)}
+                                                       for T in (10, 30)} | {("latency, recipe threshold 2.0", 30)}
     rate = {r["T"]: r for r in rows if r["encoding"] == "rate"}
     lat = {r["T"]: r for r in rows if r["encoding"] == "latency"}
     assert rate[30]["input_spikes"] > 2 * rate[10]["input_spikes"]      # rate: spikes grow with T
