@@ -107,6 +107,7 @@ def write_results(args, name: str, results: dict, fig) -> tuple:
                **results}
     jp, pp = out / f"{name}.json", out / f"{name}.png"
     jp.write_text(json.dumps(results, indent=2) + "\n")
+    fig.tight_layout()
     fig.savefig(pp, dpi=80, bbox_inches="tight")
     plt.close(fig)
     print(f"{name}: wrote {jp} and {pp}")

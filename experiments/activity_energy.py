@@ -94,7 +94,6 @@ def main(argv=None):
     axes[1].set(xticks=x, xticklabels=[f"layer {r['layer']}" for r in neutral], yscale="log",
                 ylabel="operations per sample and pass", title="synaptic operations vs ANN MACs")
     axes[1].legend(fontsize=7)
-    fig.tight_layout()
     write_results(args, NAME, {"accuracy": acc, "n_steps": net.config.n_steps, "train_seconds": secs,
                                "neutral_pass": neutral, "label_pass": per_label, "per_prediction": totals,
                                "table_neutral": md_neutral, "table_label": md_label, "table_totals": md_tot}, fig)

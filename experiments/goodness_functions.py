@@ -66,7 +66,6 @@ def main(argv=None):
     axes[1].set(xticks=x, ylabel="mean(pos - neg) / std", title="separation true vs wrong label")
     axes[1].set_xticklabels([r["goodness"] for r in rows], fontsize=8)
     axes[1].legend(fontsize=6)
-    fig.tight_layout()
     write_results(args, NAME, {"rows": rows, "table": md}, fig)
     return rows
 

@@ -76,7 +76,6 @@ def main(argv=None):
         a.imshow(X_hyb[k].reshape(data.image_shape), cmap="gray_r")
         a.axis("off")
     fig.text(0.83, 0.97, "hybrid negatives", ha="center", fontsize=9)
-    fig.tight_layout()
     write_results(args, NAME, {"rows": rows, "table": md}, fig)
     return rows
 

@@ -91,7 +91,6 @@ def main(argv=None):
     axes[1].set(xticks=x, xlabel="K", ylabel="mean(pos - neg) / std", title="separation true vs wrong label")
     axes[1].set_xticklabels(labels)
     axes[1].legend(fontsize=7)
-    fig.tight_layout()
     write_results(args, NAME, {"n_batches_per_epoch": n_batches, "rows": rows, "table": md}, fig)
     return rows
 

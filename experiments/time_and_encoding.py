@@ -82,7 +82,6 @@ def main(argv=None):
     axes[1].set(xlabel="time steps T", ylabel="spikes per sample and pass", title="spikes per inference",
                 yscale="log")
     axes[1].legend(fontsize=6)
-    fig.tight_layout()
     write_results(args, NAME, {"rows": rows, "table": md}, fig)
     return rows
 
