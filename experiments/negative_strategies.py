@@ -1,7 +1,8 @@
 """Negative data compared (spikeff.negatives):
 
 * ``random``: the real image with a wrong label drawn uniformly;
-* ``hard``: a wrong label drawn by the network's current goodness (the digits recipe's choice);
+* ``hard``: a wrong label drawn by the network's current goodness of every label;
+* ``readout_hard``: the same sampling from the linear readout's logits (the digits recipe's choice);
 * ``hybrid`` (unsupervised, Hinton 2022 section 3.2): real images as positives and *hybrid images*
   (two images mixed by a smooth random mask) as negatives, both with the neutral label: the
   spiking layers never see a label, only the linear readout does (it is trained on the neutral-label
@@ -28,6 +29,7 @@ from spikeff.negatives import hybrid_images
 NAME = "negative_strategies"
 
 VARIANTS = [("random", {"negatives": "random"}), ("hard", {"negatives": "hard"}),
+            ("readout_hard", {"negatives": "readout_hard"}),
             ("hybrid (unsupervised)", {"negatives": "hybrid", "predict_method": "readout"}),
             ("no FF learning (readout only)", {"negatives": "random", "learning_rate": 1e-9})]
 

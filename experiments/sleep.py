@@ -51,7 +51,8 @@ def main(argv=None):
     args = parse_args(NAME, __doc__, argv)
     data = load_data(args)
     Ks = [0, 1, 4] if args.size == "small" else [0, 1, 4, 16, 64]
-    config = base_config(args, readout=False)
+    # hard negatives from the goodness of every label (the readout, and so readout_hard, is off here)
+    config = base_config(args, readout=False, negatives="hard")
     n_batches = int(np.ceil(len(data.X_train) / config.batch_size))
     rows = []
     for K in Ks:

@@ -52,16 +52,16 @@ def _positive_int(text: str) -> int:
 def _sigint_deferred():
     """Hold Ctrl-C while a checkpoint and its metrics are written (raised right after), so that
     model.npz and metrics.json always describe the same completed epoch."""
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
+    previous = signal.getsignal(signal.SIGINT)     # not always Python's default (Brian2 sets its own)
     caught = []
     signal.signal(signal.SIGINT, lambda *a: caught.append(a))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, previous)
     if caught:
         raise KeyboardInterrupt
 

@@ -16,7 +16,7 @@ from .units import parse_quantity
 ENCODINGS = ("rate", "latency")
 GOODNESS_NAMES = ("energy_relu", "energy", "relu_mean", "energy_mean_relu")
 LOSSES = ("threshold", "symba")
-NEGATIVES = ("random", "hard", "hybrid")
+NEGATIVES = ("random", "hard", "readout_hard", "hybrid")
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
 PREDICT_METHODS = ("goodness", "readout")
@@ -137,6 +137,7 @@ class FFConfig:
     epochs: int = 5
     readout: bool = True
     readout_learning_rate: float = 0.01
+    readout_final_epochs: int = 0      # after the last epoch, refit the readout on fixed features
     predict_method: str = "goodness"
     eval_batch_size: int = 256
     seed: int = 0
@@ -178,6 +179,8 @@ class FFConfig:
         _check_choice(self.goodness_layers, "goodness_layers", ("all", "skip_first"))
         _check(self.predict_method != "readout" or self.readout, "predict_method",
                "'readout' needs readout = true")
+        _check(self.negatives != "readout_hard" or self.readout, "negatives",
+               "'readout_hard' needs readout = true")
         _check(self.negatives != "hybrid" or self.predict_method == "readout", "negatives",
                "'hybrid' (unsupervised: no label in either phase) needs predict_method = 'readout' "
                "and readout = true")

@@ -3,7 +3,10 @@
 * ``random``: a wrong label drawn uniformly among the other classes.
 * ``hard``: a wrong label drawn with probability proportional to ``softmax(goodness)`` over the
   wrong labels, where ``goodness`` is the network's current goodness for each candidate label
-  (the labels the model confuses most are drawn most often, as in Hinton's paper).
+  (the labels the model confuses most are drawn most often, as in Hinton's paper). Costs one
+  simulation per candidate label.
+* ``readout_hard``: the same sampling with the linear readout's logits from the neutral-label pass
+  (which training runs anyway for the readout) as scores: hard negatives at no extra simulation.
 * ``hybrid`` (unsupervised, Hinton section 3.2): the negative data are *hybrid images*, one image
   times a smooth random mask plus another image times the inverse mask; the positive data are the
   real images. Both phases carry the neutral label (no label information), so the network learns

@@ -5,13 +5,15 @@
 
 One training step on a batch (see :meth:`FFNetwork.train_batch`):
 
+0. (with the readout) a neutral-label pass gives the readout's input; the readout takes a step;
 1. the negative data are made (:mod:`spikeff.negatives`: wrong labels, or hybrid images);
 2. the positive phase (true labels) and the negative phase (wrong labels) are simulated as two
    separate epochs from rest, giving each layer's goodness per sample;
 3. each layer's FF loss gives a per-sample modulator (:mod:`spikeff.learning`);
 4. both phases are replayed with the modulators, accumulating each layer's local update
-   (:mod:`spikeff.engines.vectorized`); every layer takes one optimizer step;
-5. the optional linear readout takes a step on the neutral-label activities.
+   (:mod:`spikeff.engines.vectorized`); every layer takes one optimizer step.
+
+The negative labels of step 1 may come from the readout's current beliefs ("readout_hard").
 """
 from __future__ import annotations
 
@@ -112,25 +114,38 @@ class FFNetwork:
         res = self.simulate(X, labels, seed=seed, record=False)
         return np.stack(res.goodness, axis=1)
 
+    def label_sources(self, X, seed: int = 0):
+        """Yield ``(n, source)`` per evaluation batch: ``n`` samples, each repeated with every
+        candidate label (rows ``k*C .. k*C+C-1`` = sample k), all labels sharing the image spikes.
+        The one place that fixes evaluation batching and seeds (the Lava export reuses it)."""
+        self._check_fitted()
+        X = check_X(X, self.n_features_in_)
+        C = self.n_classes_
+        bs = max(1, self.config.eval_batch_size // C)
+        for i in range(0, len(X), bs):
+            xb = X[i:i + bs]
+            yield len(xb), self._source(np.repeat(xb, C, axis=0), np.tile(np.arange(C), len(xb)),
+                                        seed=[self.config.seed, PHASE_IDS["eval"], seed, i], rows_per_noise=C)
+
+    def neutral_sources(self, X, seed: int = 0):
+        """Yield ``(n, source)`` per evaluation batch with the neutral label (for the readout)."""
+        self._check_fitted()
+        X = check_X(X, self.n_features_in_)
+        bs = self.config.eval_batch_size
+        for i in range(0, len(X), bs):
+            xb = X[i:i + bs]
+            yield len(xb), self._source(xb, np.full(len(xb), NEUTRAL),
+                                        seed=[self.config.seed, PHASE_IDS["neutral"], seed, i])
+
     def goodness_per_label(self, X, seed: int = 0) -> np.ndarray:
         """Goodness of every candidate label, shape (n_samples, n_classes, n_layers).
 
         All candidate labels of a sample see the same image spikes.
         """
-        self._check_fitted()
-        X = check_X(X, self.n_features_in_)
-        C, out = self.n_classes_, []
-        bs = max(1, self.config.eval_batch_size // C)
-        for i in range(0, len(X), bs):
-            xb = X[i:i + bs]
-            rows = np.repeat(xb, C, axis=0)
-            labels = np.tile(np.arange(C), len(xb))
-            src = self._source(rows, labels, seed=[self.config.seed, PHASE_IDS["eval"], seed, i],
-                               rows_per_noise=C)
-            res = self._run(src)
-            _check_finite_goodness(res.goodness, "evaluation")
-            out.append(np.stack(res.goodness, axis=1).reshape(len(xb), C, -1))
-        return np.concatenate(out) if out else np.zeros((0, C, len(self.weights_)))
+        C, L = getattr(self, "n_classes_", 0), len(getattr(self, "weights_", []))
+        out = [np.stack(self._run(src).goodness, axis=1).reshape(n, C, -1)
+               for n, src in self.label_sources(X, seed)]
+        return np.concatenate(out) if out else np.zeros((0, C, L))
 
     def _layer_mask(self):
         L = len(self.weights_)
@@ -139,15 +154,9 @@ class FFNetwork:
         return np.ones(L, dtype=bool)
 
     def readout_features(self, X, seed: int = 0) -> np.ndarray:
-        self._check_fitted()
-        X = check_X(X, self.n_features_in_)
-        feats = []
-        for i in range(0, len(X), self.config.eval_batch_size):
-            xb = X[i:i + self.config.eval_batch_size]
-            src = self._source(xb, np.full(len(xb), NEUTRAL),
-                               seed=[self.config.seed, PHASE_IDS["neutral"], seed, i])
-            feats.append(readout_features(self._run(src).neuron_goodness))
-        return np.concatenate(feats)
+        """Unit-normalised per-neuron goodness of every layer with the neutral label (readout input)."""
+        return np.concatenate([readout_features(self._run(src).neuron_goodness)
+                               for _, src in self.neutral_sources(X, seed)])
 
     # -- prediction ----------------------------------------------------------------------------
     def predict(self, X, method: str | None = None) -> np.ndarray:
@@ -171,9 +180,10 @@ class FFNetwork:
         return float(np.mean(self.predict(X, method) == y))
 
     # -- training ------------------------------------------------------------------------------
-    def negative_data(self, X, y, seed, rng):
+    def negative_data(self, X, y, seed, rng, readout_logits=None):
         """(positive labels, negative inputs, negative labels) of a batch, by ``config.negatives``
-        (see :mod:`spikeff.negatives`). ``hybrid``: neutral labels, hybrid images as negatives."""
+        (see :mod:`spikeff.negatives`). ``hybrid``: neutral labels, hybrid images as negatives.
+        ``readout_hard`` needs ``readout_logits`` (the readout's logits of the neutral-label pass)."""
         c = self.config
         if c.negatives == "hybrid":
             neutral = np.full(len(X), NEUTRAL)
@@ -181,6 +191,10 @@ class FFNetwork:
         if c.negatives == "hard":
             scores = self.goodness_per_label(X, seed=seed[-1])[:, :, self._layer_mask()].sum(axis=2)
             return y, X, hard_wrong_labels(y, scores, rng)
+        if c.negatives == "readout_hard":
+            if readout_logits is None:
+                raise ValueError("negatives = 'readout_hard' needs the readout's logits of the neutral-label pass")
+            return y, X, hard_wrong_labels(y, readout_logits, rng)
         return y, X, random_wrong_labels(y, self.n_classes_, rng)
 
     def _apply_grads(self, grads_per_phase):
@@ -217,7 +231,19 @@ class FFNetwork:
         """One FF step on a batch. Returns per-layer loss and mean goodness of both phases."""
         c = self.config
         rng = np.random.default_rng(np.random.SeedSequence(seed + [0]))
-        y_pos, X_neg, y_neg = self.negative_data(X, y, seed, rng)
+        out = {}
+        feats = None
+        if self.readout_ is not None:     # neutral-label pass: readout input (and readout_hard negatives)
+            neutral = self._run(self._source(X, np.full(len(X), NEUTRAL), seed + [PHASE_IDS["neutral"]]))
+            _check_finite_goodness(neutral.goodness, "neutral-label phase")
+            feats = readout_features(neutral.neuron_goodness)
+        y_pos, X_neg, y_neg = self.negative_data(X, y, seed, rng,
+                                                 None if feats is None else self.readout_.logits(feats))
+        if feats is not None:
+            out["readout_loss"] = self.readout_.step(feats, y)
+            if not (np.isfinite(out["readout_loss"]) and np.all(np.isfinite(self.readout_.W))):
+                raise FloatingPointError("readout: loss or weights became non-finite (NaN/inf); "
+                                         "lower readout_learning_rate")
         src_pos = self._source(X, y_pos, seed + [PHASE_IDS["positive"]])
         src_neg = self._source(X_neg, y_neg, seed + [PHASE_IDS["negative"]])
         pos = self._run(src_pos)                     # positive phase
@@ -236,15 +262,8 @@ class FFNetwork:
         grads_pos = self._run(src_pos, modulators=m_pos).grads   # replay with the modulators
         grads_neg = self._run(src_neg, modulators=m_neg).grads
         self._apply_grads([grads_pos, grads_neg])
-        out = {"loss": losses, "g_pos": [float(g.mean()) for g in pos.goodness],
-               "g_neg": [float(g.mean()) for g in neg.goodness]}
-        if self.readout_ is not None:
-            neutral = self._run(self._source(X, np.full(len(X), NEUTRAL), seed + [PHASE_IDS["neutral"]]))
-            _check_finite_goodness(neutral.goodness, "neutral-label phase")
-            out["readout_loss"] = self.readout_.step(readout_features(neutral.neuron_goodness), y)
-            if not (np.isfinite(out["readout_loss"]) and np.all(np.isfinite(self.readout_.W))):
-                raise FloatingPointError("readout: loss or weights became non-finite (NaN/inf); "
-                                         "lower readout_learning_rate")
+        out.update(loss=losses, g_pos=[float(g.mean()) for g in pos.goodness],
+                   g_neg=[float(g.mean()) for g in neg.goodness])
         return out
 
     def train_epoch(self, X, y, epoch: int, progress: bool = False) -> dict:
@@ -311,6 +330,10 @@ class FFNetwork:
                            + (["readout"] if self.readout_ is not None else []))
         while self.epochs_done_ < epochs:
             m = self.train_epoch(X, y, self.epochs_done_, progress=progress)
+            if self.epochs_done_ + 1 == epochs and self.readout_ is not None and self.config.readout_final_epochs:
+                t0 = time.perf_counter()
+                m["readout_final_loss"] = self.fit_readout(X, y, self.config.readout_final_epochs)
+                m["readout_final_seconds"] = time.perf_counter() - t0
             if X_val is not None:
                 t0 = time.perf_counter()
                 try:
@@ -325,6 +348,29 @@ class FFNetwork:
             if callback is not None:
                 callback(self, m)
         return self
+
+    def fit_readout(self, X, y, epochs: int = 5, batch_size: int = 256) -> float:
+        """Retrain the linear readout on the network's current neutral-label features.
+
+        The features are computed once (one forward pass per sample, O(n_samples * n_hidden)
+        memory), so the readout no longer chases features that drift during FF training.
+        Returns the mean cross-entropy of the last epoch.
+        """
+        self._check_fitted()
+        if self.readout_ is None:
+            raise ValueError("fit_readout needs a network with readout = true")
+        X, y = check_Xy(X, y, self.n_features_in_, self.n_classes_)
+        F = self.readout_features(X, seed=PHASE_IDS["neutral"])
+        c = self.config
+        self.readout_ = LinearReadout(F.shape[1], self.n_classes_, c.readout_learning_rate)
+        rng = np.random.default_rng(np.random.SeedSequence([c.seed, 3]))
+        loss = float("nan")
+        for _ in range(epochs):
+            order = rng.permutation(len(F))
+            losses = [self.readout_.step(F[idx], y[idx]) * len(idx)
+                      for idx in (order[i:i + batch_size] for i in range(0, len(F), batch_size))]
+            loss = float(np.sum(losses) / len(F))
+        return loss
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, path):

@@ -504,43 +504,27 @@ def _neuron_goodness(net, v_list):
 
 
 def goodness_per_label(net, X, mode="fixed_pt", quant=None, backend="numpy", seed: int = 0) -> np.ndarray:
-    """Like :meth:`FFNetwork.goodness_per_label` (same input spikes: same batching and seeds) but
-    simulated by the exported network. Shape (n_samples, n_classes, n_layers)."""
-    from ..network import PHASE_IDS
-    from ..data import check_X
-    net._check_fitted()
-    X = check_X(X, net.n_features_in_)
+    """Like :meth:`FFNetwork.goodness_per_label` (the same input spikes, from
+    :meth:`FFNetwork.label_sources`) but simulated by the exported network.
+    Shape (n_samples, n_classes, n_layers)."""
     C, out = net.n_classes_, []
-    bs = max(1, net.config.eval_batch_size // C)
-    for i in range(0, len(X), bs):                      # mirrors FFNetwork.goodness_per_label
-        xb = X[i:i + bs]
-        src = net._source(np.repeat(xb, C, axis=0), np.tile(np.arange(C), len(xb)),
-                          seed=[net.config.seed, PHASE_IDS["eval"], seed, i], rows_per_noise=C)
+    for n, src in net.label_sources(X, seed):
         spikes = src.all_steps()
         if backend == "lava":       # one Lava run per sample: its C labels as parallel copies
-            parts = [simulate(net, spikes[:, k * C:(k + 1) * C], mode, quant, backend)
-                     for k in range(len(xb))]
+            parts = [simulate(net, spikes[:, k * C:(k + 1) * C], mode, quant, backend) for k in range(n)]
             v = [np.concatenate([p["v"][l] for p in parts], axis=1) for l in range(len(net.weights_))]
         else:
             v = simulate(net, spikes, mode, quant, backend)["v"]
         G = np.stack([g.mean(axis=1) for g in _neuron_goodness(net, v)], axis=1)
-        out.append(G.reshape(len(xb), C, -1))
+        out.append(G.reshape(n, C, -1))
     return np.concatenate(out) if out else np.zeros((0, C, len(net.weights_)))
 
 
 def readout_features_exported(net, X, mode="fixed_pt", quant=None, backend="numpy", seed: int = 0):
     """Like :meth:`FFNetwork.readout_features` on the exported network (same input spikes)."""
-    from ..network import PHASE_IDS
-    from ..data import check_X
-    net._check_fitted()
-    X = check_X(X, net.n_features_in_)
-    feats = []
-    for i in range(0, len(X), net.config.eval_batch_size):   # mirrors FFNetwork.readout_features
-        xb = X[i:i + net.config.eval_batch_size]
-        src = net._source(xb, np.full(len(xb), NEUTRAL), seed=[net.config.seed, PHASE_IDS["neutral"], seed, i])
-        r = simulate(net, src.all_steps(), mode, quant, backend)
-        feats.append(readout_features(_neuron_goodness(net, r["v"])))
-    return np.concatenate(feats)
+    return np.concatenate([readout_features(_neuron_goodness(net, simulate(net, src.all_steps(), mode, quant,
+                                                                           backend)["v"]))
+                           for _, src in net.neutral_sources(X, seed)])
 
 
 def predict(net, X, method="goodness", mode="fixed_pt", quant=None, backend="numpy"):

@@ -62,8 +62,10 @@ def to_nir(net, dt: float | None = None):
     if not (dt > 0 and math.isfinite(dt)):
         raise ValueError(f"dt must be a finite time in seconds > 0, got {dt!r}")
     lif = net.lif
-    tau_syn = -dt / math.log(lif.a_syn)
-    tau_mem = -dt / math.log(lif.a_mem)
+    if dt == c.neuron.dt:    # the config's own time constants (exact, no log round trip)
+        tau_syn, tau_mem = float(c.neuron.tau_syn), float(c.neuron.tau_mem)
+    else:                    # the same per-step decays described at another dt
+        tau_syn, tau_mem = -dt / math.log(lif.a_syn), -dt / math.log(lif.a_mem)
     r = 1.0 / (1.0 - lif.a_mem)
     nodes = {"input": nir.Input(input_type={"input": np.array([net.weights_[0].shape[1]])})}
     edges, prev = [], "input"
