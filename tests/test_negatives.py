@@ -70,3 +70,16 @@ def test_train_phase_needs_the_threshold_loss(digits):
     net.initialize(64, 10)
     with pytest.raises(ValueError, match="threshold"):
         net.train_phase(digits.X_train[:4], digits.y_train[:4], [0], "positive")
+
+
+def test_negative_data_readout_hard_uses_the_logits(digits):
+    net = FFNetwork(FFConfig(hidden_sizes=(10,), n_steps=5, negatives="readout_hard", readout=True))
+    net.initialize(64, 10)
+    X, y = digits.X_train[:20], digits.y_train[:20]
+    logits = np.full((20, 10), -50.0)
+    logits[:, 3] = 50.0                      # label 3 dominates: every sample not of class 3 gets 3
+    y_pos, X_neg, y_neg = net.negative_data(X, y, [0], np.random.default_rng(0), logits)
+    assert np.all(y_pos == y) and X_neg is X
+    assert np.all(y_neg[y != 3] == 3) and np.all(y_neg != y)
+    with pytest.raises(ValueError, match="logits"):
+        net.negative_data(X, y, [0], np.random.default_rng(0))
