@@ -1,7 +1,8 @@
 """Shared set-up of the neuroscience experiments (goodness_functions, negative_strategies, sleep,
 time_and_encoding, activity_energy): sizes, data, training, evaluation and output files.
 
-Every experiment starts from ``models/digits.toml`` (the tuned recipe) on the embedded digits:
+Every experiment starts from ``models/digits.toml`` (the tuned recipe, with the ``threshold`` loss:
+see :func:`base_config`) on the embedded digits:
 
 * ``--size small`` (CI): 300 training / 200 test samples, layers of 100, 2 epochs;
 * ``--size full``: all 1437 / 360 samples, the recipe's 500 -> 500 layers, fewer epochs than the
@@ -48,8 +49,10 @@ def parse_args(name: str, doc: str, argv=None, epochs_full: int | None = None):
 
 
 def base_config(args, **changes):
-    """The digits recipe at the experiment's size, with ``changes``."""
-    c = load_config(ROOT / "models" / "digits.toml")
+    """The digits recipe at the experiment's size, with ``changes``. The loss is pinned to Hinton's
+    ``threshold`` loss (the recipe's loss when these experiments were run; the recipe has since
+    moved to SymBa): the goodness threshold and the single-phase "sleep" updates need it."""
+    c = load_config(ROOT / "models" / "digits.toml").replace(loss="threshold")
     size = {"epochs": args.sizes["epochs"]}
     if args.sizes["hidden_sizes"] is not None:
         size["hidden_sizes"] = args.sizes["hidden_sizes"]

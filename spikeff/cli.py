@@ -1,4 +1,4 @@
-"""The ``spikeff`` command line: ``train``, ``eval``, ``demo``, ``export``, ``plot``, ``sweep``.
+"""The ``spikeff`` command line: ``train``, ``eval``, ``demo``, ``export``, ``plot``, ``sweep``, ``bench``.
 
 Run ``spikeff COMMAND --help`` for the options of each command.
 """
@@ -301,6 +301,12 @@ def cmd_sweep(args):
     return 1 if counts["failed"] else 0
 
 
+def cmd_bench(args):
+    from .bench import run_bench
+    run_bench(quick=args.quick, out=args.out, shared_machine=not args.dedicated)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="spikeff", description=(
         "Train spiking neural networks with Forward-Forward, evaluate them, and run the demo."))
@@ -384,6 +390,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=2, help="workers of the local cluster (default: 2; ignored with --scheduler)")
     s.add_argument("--out", default=None, help="sweep directory (default: runs/sweeps/NAME)")
     s.set_defaults(func=cmd_sweep)
+
+    b = sub.add_parser("bench", help="measure training/inference throughput and memory",
+                       description="Training and inference throughput of 784-500-500 and 784-2000-2000 "
+                                   "networks, achieved GFLOP/s against an in-run numpy GEMM roofline, "
+                                   "and peak memory of a training step for T = 25..200.")
+    b.add_argument("--quick", action="store_true", help="small CI-sized smoke run")
+    b.add_argument("--out", default="results/bench.json", help="JSON output (default: results/bench.json)")
+    b.add_argument("--dedicated", action="store_true", help="record that the machine was not shared")
+    b.set_defaults(func=cmd_bench)
     return p
 
 

@@ -22,6 +22,7 @@ LR_SCHEDULES = ("constant", "cosine")
 PREDICT_METHODS = ("goodness", "readout")
 DTYPES = ("float32", "float64")
 ENGINES = ("vectorized", "brian2")
+BACKENDS = ("numpy", "cupy", "torch", "array_api_strict")
 
 
 class ConfigError(ValueError):
@@ -115,6 +116,7 @@ class FFConfig:
     learn_bias: bool = False
     dtype: str = "float32"
     engine: str = "vectorized"
+    backend: str = "numpy"             # array library of the vectorized engine: numpy, cupy (GPU), torch
     chunk_steps: int = 10              # time steps simulated per GEMM (memory is O(chunk), not O(T))
     # [encoding]
     encoding: str = "rate"
@@ -176,6 +178,7 @@ class FFConfig:
         _check_choice(self.predict_method, "predict_method", PREDICT_METHODS)
         _check_choice(self.dtype, "dtype", DTYPES)
         _check_choice(self.engine, "engine", ENGINES)
+        _check_choice(self.backend, "backend", BACKENDS)
         _check_choice(self.goodness_layers, "goodness_layers", ("all", "skip_first"))
         _check(self.predict_method != "readout" or self.readout, "predict_method",
                "'readout' needs readout = true")

@@ -81,3 +81,35 @@ class SpikeSource:
     def all_steps(self) -> np.ndarray:
         """All spikes, shape (n_steps, batch, channels) (for plots and tests; O(T) memory)."""
         return np.concatenate(list(self.chunks(self.n_steps)), axis=0)
+
+
+class ConcatSource:
+    """Several spike sources of the same length side by side along the batch axis.
+
+    Lets independent phases (e.g. FF's positive and negative phase) run as one larger batch: larger
+    GEMMs, one pass of the time loop. Each part keeps its own seed, so replays stay exact.
+    """
+
+    def __init__(self, sources):
+        self.sources = list(sources)
+        steps = {s.n_steps for s in self.sources}
+        if len(steps) != 1 or len({s.shape[1] for s in self.sources}) != 1:
+            raise ValueError("ConcatSource: all sources need the same n_steps and channels")
+        self.n_steps = steps.pop()
+        self.dtype = self.sources[0].dtype
+        self.sizes = [s.shape[0] for s in self.sources]
+
+    @property
+    def shape(self):
+        return (sum(self.sizes), self.sources[0].shape[1])
+
+    def split(self, a):
+        """Split an array over the concatenated batch (axis 0) back into one per source."""
+        return np.split(a, np.cumsum(self.sizes)[:-1])
+
+    def chunks(self, chunk_steps: int):
+        for parts in zip(*(s.chunks(chunk_steps) for s in self.sources)):
+            yield np.concatenate(parts, axis=1)
+
+    def all_steps(self) -> np.ndarray:
+        return np.concatenate(list(self.chunks(self.n_steps)), axis=0)

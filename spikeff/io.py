@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .backend import like as backend_like, to_numpy
+
 FORMAT = "spikeff-network"
 FORMAT_VERSION = 1
 
@@ -60,13 +62,13 @@ def save_network(net, path):
     net._check_fitted()
     arrays = {}
     for l, (W, b) in enumerate(zip(net.weights_, net.biases_)):
-        arrays[f"W{l}"], arrays[f"b{l}"] = W, b
+        arrays[f"W{l}"], arrays[f"b{l}"] = to_numpy(W), to_numpy(b)
         st = net.optimizers_[l].state_dict()
         arrays[f"opt{l}_t"] = np.array(st["t"])
         for i, a in enumerate(st["m"]):
-            arrays[f"opt{l}_m{i}"] = a
+            arrays[f"opt{l}_m{i}"] = to_numpy(a)
         for i, a in enumerate(st["v"]):
-            arrays[f"opt{l}_v{i}"] = a
+            arrays[f"opt{l}_v{i}"] = to_numpy(a)
     if net.readout_ is not None:
         arrays["readout_W"], arrays["readout_b"] = net.readout_.W, net.readout_.b
         st = net.readout_.opt.state_dict()
@@ -140,8 +142,8 @@ def load_network(path):
                 "v": [get(prefix_v(i), a) for i, a in enumerate(st["v"])]}
 
     for l in range(len(net.weights_)):
-        net.weights_[l][...] = get(f"W{l}", net.weights_[l])
-        net.biases_[l][...] = get(f"b{l}", net.biases_[l])
+        net.weights_[l] = backend_like(get(f"W{l}", net.weights_[l]).astype(net.dtype), net.weights_[l])
+        net.biases_[l] = backend_like(get(f"b{l}", net.biases_[l]).astype(net.dtype), net.biases_[l])
         opt = net.optimizers_[l]
         opt.load_state_dict(opt_state(opt, lambda i: f"opt{l}_m{i}", lambda i: f"opt{l}_v{i}", f"opt{l}_t"))
     extra = sorted(k for k in data if k.startswith("W") and k[1:].isdigit() and int(k[1:]) >= len(net.weights_))

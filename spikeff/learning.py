@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .backend import like, namespace
+
 
 def softplus(x):
     return np.logaddexp(0.0, x)
@@ -51,12 +53,12 @@ def ff_loss(g_pos, g_neg, loss: str, threshold: float, sharpness: float):
 
 
 class Adam:
-    """Adam on a list of arrays (one optimizer per layer; plain numpy, no autograd)."""
+    """Adam on a list of arrays (one optimizer per layer; no autograd; any array-API backend)."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
         self.lr, self.b1, self.b2, self.eps = lr, betas[0], betas[1], eps
-        self.m = [np.zeros_like(p) for p in params]
-        self.v = [np.zeros_like(p) for p in params]
+        self.m = [namespace(p).zeros_like(p) for p in params]
+        self.v = [namespace(p).zeros_like(p) for p in params]
         self.t = 0
 
     def step(self, params, grads):
@@ -67,16 +69,16 @@ class Adam:
             m *= self.b1
             m += (1 - self.b1) * g
             v *= self.b2
-            v += (1 - self.b2) * np.square(g)
-            p -= (self.lr / c1) * m / (np.sqrt(v / c2) + self.eps)
+            v += (1 - self.b2) * (g * g)
+            p -= (self.lr / c1) * m / (namespace(v).sqrt(v / c2) + self.eps)
 
     def state_dict(self):
         return {"t": self.t, "m": self.m, "v": self.v}
 
     def load_state_dict(self, d):
         self.t = int(d["t"])
-        self.m = [np.array(a) for a in d["m"]]
-        self.v = [np.array(a) for a in d["v"]]
+        self.m = [like(a, ref) for a, ref in zip(d["m"], self.m)]
+        self.v = [like(a, ref) for a, ref in zip(d["v"], self.v)]
 
 
 class SGD:
@@ -84,7 +86,7 @@ class SGD:
 
     def __init__(self, params, lr=1e-2, momentum=0.9):
         self.lr, self.mu = lr, momentum
-        self.m = [np.zeros_like(p) for p in params]
+        self.m = [namespace(p).zeros_like(p) for p in params]
         self.t = 0
 
     def step(self, params, grads):
@@ -99,7 +101,7 @@ class SGD:
 
     def load_state_dict(self, d):
         self.t = int(d["t"])
-        self.m = [np.array(a) for a in d["m"]]
+        self.m = [like(a, ref) for a, ref in zip(d["m"], self.m)]
 
 
 def lr_factor(schedule: str, epoch: int, epochs: int) -> float:

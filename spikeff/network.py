@@ -8,12 +8,15 @@ One training step on a batch (see :meth:`FFNetwork.train_batch`):
 0. (with the readout) a neutral-label pass gives the readout's input; the readout takes a step;
 1. the negative data are made (:mod:`spikeff.negatives`: wrong labels, or hybrid images);
 2. the positive phase (true labels) and the negative phase (wrong labels) are simulated as two
-   separate epochs from rest, giving each layer's goodness per sample;
+   separate epochs from rest (side by side as one batch), giving each layer's goodness per sample;
 3. each layer's FF loss gives a per-sample modulator (:mod:`spikeff.learning`);
 4. both phases are replayed with the modulators, accumulating each layer's local update
    (:mod:`spikeff.engines.vectorized`); every layer takes one optimizer step.
 
 The negative labels of step 1 may come from the readout's current beliefs ("readout_hard").
+Phases that need no result of another are simulated side by side as one batch (neutral, positive
+and negative; or positive and negative): each still runs from rest with its own input spikes, the
+GEMMs are larger and the time loop runs once.
 """
 from __future__ import annotations
 
@@ -22,8 +25,9 @@ import time
 import numpy as np
 
 from .config import FFConfig
+from .backend import get_backend, to_backend
 from .data import DataError, check_X, check_Xy
-from .encoding import NEUTRAL, SpikeSource, overlay_labels
+from .encoding import NEUTRAL, ConcatSource, SpikeSource, overlay_labels
 from .engines import get_engine
 from .goodness import get_goodness
 from .learning import ff_loss, lr_factor, make_optimizer
@@ -60,6 +64,11 @@ class FFNetwork:
         return np.dtype(self.config.dtype)
 
     @property
+    def xp(self):
+        """Array namespace of the weights (numpy unless ``config.backend`` names another)."""
+        return get_backend(self.config.backend)[0]
+
+    @property
     def lif(self) -> DiscreteLIF:
         return DiscreteLIF.from_config(self.config.neuron)
 
@@ -75,9 +84,11 @@ class FFNetwork:
         self.n_classes_ = int(n_classes)
         sizes = [n_features + n_classes * c.label_repeat, *c.hidden_sizes]
         self.weights_, self.biases_ = [], []
+        xp, device = get_backend(c.backend)
         for m, n in zip(sizes[:-1], sizes[1:]):
-            self.weights_.append((rng.standard_normal((n, m)) * c.weight_init / np.sqrt(m)).astype(self.dtype))
-            self.biases_.append(np.zeros(n, dtype=self.dtype))
+            W = (rng.standard_normal((n, m)) * c.weight_init / np.sqrt(m)).astype(self.dtype)
+            self.weights_.append(to_backend(W, xp, device, self.dtype))
+            self.biases_.append(to_backend(np.zeros(n), xp, device, self.dtype))
         self.optimizers_ = [make_optimizer(c.optimizer, [W, b], c.learning_rate)
                             for W, b in zip(self.weights_, self.biases_)]
         self.readout_ = (LinearReadout(sum(c.hidden_sizes), n_classes, c.readout_learning_rate)
@@ -197,14 +208,18 @@ class FFNetwork:
             return y, X, hard_wrong_labels(y, readout_logits, rng)
         return y, X, random_wrong_labels(y, self.n_classes_, rng)
 
-    def _apply_grads(self, grads_per_phase):
-        """One optimizer step per layer on the sum of the phases' gradients [(dW, db) per layer]."""
+    def _apply_grads(self, grads_per_run):
+        """One optimizer step per layer on the sum of the runs' gradients [(dW, db) per layer]."""
         for l, opt in enumerate(self.optimizers_):
-            dW = sum(g[l][0] for g in grads_per_phase)
-            db = sum(g[l][1] for g in grads_per_phase) if self.config.learn_bias else np.zeros_like(self.biases_[l])
+            dW, db = grads_per_run[0][l]
+            for g in grads_per_run[1:]:
+                dW, db = dW + g[l][0], db + g[l][1]
+            if not self.config.learn_bias:
+                db = db * 0
             opt.step([self.weights_[l], self.biases_[l]], [dW, db])
+        xp = self.xp
         for l, (W, b) in enumerate(zip(self.weights_, self.biases_)):
-            if not (np.all(np.isfinite(W)) and np.all(np.isfinite(b))):
+            if not (bool(xp.all(xp.isfinite(W))) and bool(xp.all(xp.isfinite(b)))):
                 raise FloatingPointError(f"layer {l} weights became non-finite (NaN/inf) during training; "
                                          f"lower learning_rate or weight_init")
 
@@ -233,37 +248,50 @@ class FFNetwork:
         rng = np.random.default_rng(np.random.SeedSequence(seed + [0]))
         out = {}
         feats = None
-        if self.readout_ is not None:     # neutral-label pass: readout input (and readout_hard negatives)
-            neutral = self._run(self._source(X, np.full(len(X), NEUTRAL), seed + [PHASE_IDS["neutral"]]))
-            _check_finite_goodness(neutral.goodness, "neutral-label phase")
-            feats = readout_features(neutral.neuron_goodness)
-        y_pos, X_neg, y_neg = self.negative_data(X, y, seed, rng,
-                                                 None if feats is None else self.readout_.logits(feats))
-        if feats is not None:
+        src_neutral = (self._source(X, np.full(len(X), NEUTRAL), seed + [PHASE_IDS["neutral"]])
+                       if self.readout_ is not None else None)
+        # the phases are separate simulations from rest; those that need no result of another run
+        # side by side as one batch (larger GEMMs, one time loop), each with its own input spikes
+        first = None
+        readout_logits = None
+        if src_neutral is not None and c.negatives == "readout_hard":
+            neutral = self._run(src_neutral)      # the negatives depend on the readout's view
+            neutral_goodness = (neutral.goodness, neutral.neuron_goodness)
+            readout_logits = self.readout_.logits(readout_features(neutral_goodness[1]))
+        y_pos, X_neg, y_neg = self.negative_data(X, y, seed, rng, readout_logits)
+        src_pos = self._source(X, y_pos, seed + [PHASE_IDS["positive"]])
+        src_neg = self._source(X_neg, y_neg, seed + [PHASE_IDS["negative"]])
+        both = ConcatSource([src_pos, src_neg])
+        if src_neutral is not None and c.negatives != "readout_hard":
+            first = ConcatSource([src_neutral, src_pos, src_neg])
+            res = self._run(first)
+            parts = [first.split(g) for g in res.goodness]
+            neutral_goodness = ([p[0] for p in parts], [first.split(g)[0] for g in res.neuron_goodness])
+            g_pos, g_neg = zip(*((p[1], p[2]) for p in parts))
+        else:
+            res = self._run(both)
+            g_pos, g_neg = zip(*(both.split(g) for g in res.goodness))
+        if src_neutral is not None:           # neutral-label pass: the readout's input
+            _check_finite_goodness(neutral_goodness[0], "neutral-label phase")
+            feats = readout_features(neutral_goodness[1])
             out["readout_loss"] = self.readout_.step(feats, y)
             if not (np.isfinite(out["readout_loss"]) and np.all(np.isfinite(self.readout_.W))):
                 raise FloatingPointError("readout: loss or weights became non-finite (NaN/inf); "
                                          "lower readout_learning_rate")
-        src_pos = self._source(X, y_pos, seed + [PHASE_IDS["positive"]])
-        src_neg = self._source(X_neg, y_neg, seed + [PHASE_IDS["negative"]])
-        pos = self._run(src_pos)                     # positive phase
-        neg = self._run(src_neg)                     # negative phase (separate simulation)
-        _check_finite_goodness(pos.goodness, "positive phase")
-        _check_finite_goodness(neg.goodness, "negative phase")
-        losses, m_pos, m_neg = [], [], []
-        for l, (gp, gn) in enumerate(zip(pos.goodness, neg.goodness)):
+        _check_finite_goodness(g_pos, "positive phase")
+        _check_finite_goodness(g_neg, "negative phase")
+        losses, mods = [], []
+        for l, (gp, gn) in enumerate(zip(g_pos, g_neg)):
             value, mp, mn = ff_loss(gp, gn, c.loss, c.goodness_threshold, c.loss_sharpness)
             if not np.isfinite(value):
                 raise FloatingPointError(f"layer {l}: the FF loss is non-finite ({value}); "
                                          "lower learning_rate or weight_init")
             losses.append(value)
-            m_pos.append(mp)
-            m_neg.append(mn)
-        grads_pos = self._run(src_pos, modulators=m_pos).grads   # replay with the modulators
-        grads_neg = self._run(src_neg, modulators=m_neg).grads
-        self._apply_grads([grads_pos, grads_neg])
-        out.update(loss=losses, g_pos=[float(g.mean()) for g in pos.goodness],
-                   g_neg=[float(g.mean()) for g in neg.goodness])
+            mods.append(np.concatenate([mp, mn]))
+        grads = self._run(both, modulators=mods).grads     # replay with the modulators
+        self._apply_grads([grads])
+        out.update(loss=losses, g_pos=[float(g.mean()) for g in g_pos],
+                   g_neg=[float(g.mean()) for g in g_neg])
         return out
 
     def train_epoch(self, X, y, epoch: int, progress: bool = False) -> dict:

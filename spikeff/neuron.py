@@ -15,7 +15,11 @@ one step of ``tau_syn du/dt = -u`` and ``tau_mem dv/dt = -v + R (u + b)`` with
 order the Brian2 engine runs. Goodness reads the *pre-reset* potential v[t]
 (before the spike resets it), so a strongly driven neuron has high goodness.
 
-Everything here is a pure function of arrays; the engines call :func:`lif_step`.
+Everything here is a pure function of arrays. :func:`lif_step` advances one step (the reference
+form); the vectorized engine uses the equivalent chunked forms below: :func:`trace_filter` (the
+linear part, ``u = W @ e_u``, as one small causal filter over a chunk) and :func:`lif_scan` (the
+nonlinear membrane recurrence over a chunk, in place); :func:`trace_scan` is the in-place form
+of the filter that the numpy path uses.
 """
 from __future__ import annotations
 
@@ -99,3 +103,91 @@ def trace_step(e_u, e_v, x_prev, p: DiscreteLIF):
     e_u += x_prev
     e_v *= p.a_mem
     e_v += e_u
+
+
+def trace_filter(p: DiscreteLIF, k: int, with_ev: bool = True) -> np.ndarray:
+    """Causal filter matrix of the presynaptic traces over a chunk of ``k`` steps (float64).
+
+    With ``Z = [e_u[t0-1], e_v[t0-1], x[t0-1], ..., x[t0+k-2]]`` (k + 2 rows), ``F @ Z`` gives the
+    rows ``e_u[t0 .. t0+k-1]`` and (``with_ev``) ``e_v[t0 .. t0+k-1]`` of :func:`trace_step`'s
+    recurrence: the whole chunk's traces as one GEMM instead of k elementwise steps. The synaptic
+    current is ``u[t] = W @ e_u[t]`` exactly (same filter, same start from zero).
+    """
+    j = np.arange(k)
+    lag = j[:, None] - j[None, :]
+    causal = lag >= 0
+    fu = np.zeros((k, k + 2))
+    fu[:, 0] = p.a_syn ** (j + 1)
+    fu[:, 2:] = np.where(causal, p.a_syn ** np.maximum(lag, 0), 0.0)
+    if not with_ev:
+        return fu
+    fv = np.where(causal, p.a_mem ** np.maximum(lag, 0), 0.0) @ fu
+    fv[:, 1] += p.a_mem ** (j + 1)
+    return np.concatenate([fu, fv])
+
+
+def trace_scan(z, e, k: int, p: DiscreteLIF, with_ev: bool = True):
+    """In-place form of :func:`trace_filter` (numpy): ``e[:k]`` = e_u and ``e[k:2k]`` = e_v of the
+    chunk, from ``z`` = [e_u, e_v at the chunk start, the k inputs x[t-1]] (any trailing shape).
+
+    The :func:`trace_step` recurrence row by row (2 streaming passes per row), which is faster on
+    CPUs than the small-by-huge filter GEMM.
+    """
+    np.multiply(z[0], p.a_syn, out=e[0])
+    e[0] += z[2]
+    for j in range(1, k):
+        np.multiply(e[j - 1], p.a_syn, out=e[j])
+        e[j] += z[2 + j]
+    if with_ev:
+        np.multiply(z[1], p.a_mem, out=e[k])
+        e[k] += e[0]
+        for j in range(1, k):
+            np.multiply(e[k + j - 1], p.a_mem, out=e[k + j])
+            e[k + j] += e[j]
+    return e
+
+
+def lif_scan(v_chunk, dec, p: DiscreteLIF, ref=None, mask=None, rmask=None):
+    """Membrane recurrence over a chunk of steps, in place (numpy arrays).
+
+    ``v_chunk`` (k, B, N) holds ``u[t] + b`` on entry and the pre-reset potentials ``v[t]`` on exit;
+    ``dec`` (B, N) holds ``a_mem * v[t0-1]`` (after reset) on entry and ``a_mem * v[t0+k-1]`` on
+    exit; ``ref`` (B, N) int32 refractory counts, or None. Equal to :func:`lif_step` step by step.
+    ``mask``/``rmask``: optional (B, N) bool work arrays.
+    """
+    mask = np.empty(dec.shape, dtype=bool) if mask is None else mask
+    if ref is not None:
+        rmask = np.empty(dec.shape, dtype=bool) if rmask is None else rmask
+    reset_dec = p.a_mem * p.v_reset
+    for v in v_chunk:
+        v += dec
+        if ref is not None:
+            np.greater(ref, 0, out=rmask)
+            np.copyto(v, p.v_reset, where=rmask)
+        np.greater(v, p.v_threshold, out=mask)
+        np.multiply(v, p.a_mem, out=dec)
+        np.copyto(dec, reset_dec, where=mask)
+        if ref is not None:
+            np.subtract(ref, 1, out=ref)
+            np.maximum(ref, 0, out=ref)
+            np.copyto(ref, p.refractory_steps, where=mask)
+    return v_chunk
+
+
+def lif_scan_xp(u_chunk, dec, p: DiscreteLIF, xp, ref=None):
+    """:func:`lif_scan` for any array-API namespace ``xp`` (no in-place ops; for GPU backends).
+
+    Returns ``(v_chunk, dec, ref)``: the pre-reset potentials stacked (k, B, N) and the new state.
+    """
+    vs = []
+    for j in range(u_chunk.shape[0]):
+        v = u_chunk[j, ...] + dec
+        if ref is not None:
+            v = xp.where(ref > 0, xp.asarray(p.v_reset, dtype=v.dtype), v)
+        spikes = v > p.v_threshold
+        dec = p.a_mem * xp.where(spikes, xp.asarray(p.v_reset, dtype=v.dtype), v)
+        if ref is not None:
+            ref = xp.where(spikes, xp.asarray(p.refractory_steps, dtype=ref.dtype),
+                           xp.maximum(ref - 1, xp.zeros_like(ref)))
+        vs.append(v)
+    return xp.stack(vs), dec, ref

@@ -1,38 +1,196 @@
 """Vectorized batch engine: all samples and neurons as arrays, time simulated in chunks.
 
-For each chunk of ``chunk_steps`` time steps, a layer's input currents for the whole chunk are one
-GEMM ``(k*B, M) @ (M, N)``; the LIF recurrence then runs step by step on (B, N) arrays
-(:func:`spikeff.neuron.lif_step`). Layers are processed one after the other within a chunk, with
-one step of synaptic delay between them, so the result equals stepping the whole network in time.
-Memory is O(chunk_steps), not O(T).
+The model is the one of :mod:`spikeff.neuron`; per chunk of ``k = chunk_steps`` steps and per layer:
+
+1. **traces** (linear part): the presynaptic traces ``e_u`` (and ``e_v`` when learning) of the
+   whole chunk, from ``Z = [e_u, e_v at the chunk start, x[t-1] for the k steps]``: on GPU
+   backends one small GEMM ``F @ Z`` with the causal filter ``F = trace_filter(k)``
+   ((2k) x (k+2)); on numpy the same recurrence in place (:func:`spikeff.neuron.trace_scan`,
+   faster on CPUs than a small-by-huge GEMM);
+2. **currents**: ``u[t] = W @ e_u[t]`` (exactly the synaptic current) for the chunk as one GEMM
+   ``(k*B, M) @ (M, N)``;
+3. **membrane** (nonlinear part): :func:`spikeff.neuron.lif_scan`, the only loop over time steps,
+   4 in-place elementwise passes per step on (B, N) arrays; the spikes are written straight into
+   the next layer's input buffer (one step of synaptic delay between layers, as stepping the whole
+   network in time);
+4. **goodness**: ``g(v)`` (and ``g'(v)`` when learning) for the whole chunk at once, in place.
 
 Learning (``modulators`` given): the exact subthreshold gradient of each layer's goodness,
-``dG_b/dW = 1/(T N) sum_t g'(v_b[t]) (outer) e_v_b[t]`` with presynaptic eligibility traces
-(:func:`spikeff.neuron.trace_step`), weighted by the per-sample FF modulator ``m_b`` and summed
-over the batch: one GEMM ``(N, k*B) @ (k*B, M)`` per chunk. The reset is ignored in the gradient
-(as e-prop does). Since ``m_b`` needs the goodness of the whole window, training *replays* a phase:
-a first call without modulators gives G, a second with them accumulates the update. The input
-spikes are regenerated from the same seed, so the replay is exact and nothing grows with T.
+``dG_b/dW = 1/(T N) sum_t g'(v_b[t]) (outer) e_v_b[t]``, weighted by the per-sample FF modulator
+``m_b`` and summed over the batch: one GEMM ``(N, k*B) @ (k*B, M)`` per chunk. The reset is
+ignored in the gradient (as e-prop does). Since ``m_b`` needs the goodness of the whole window,
+training *replays* a phase: a first call without modulators gives G, a second with them
+accumulates the update. The input spikes are regenerated from the same seed, so the replay is
+exact. All work buffers are allocated once per call with ``chunk_steps`` rows: memory is
+O(chunk_steps), not O(T).
+
+Any array-API namespace works (the one of the weights: numpy, cupy, torch); numpy uses in-place
+``out=`` kernels, others the functional form :func:`spikeff.neuron.lif_scan_xp`.
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..backend import astype, namespace, to_backend, to_numpy
 from ..goodness import Goodness
-from ..neuron import DiscreteLIF, LIFState, lif_step, trace_step
+from ..neuron import DiscreteLIF, lif_scan, lif_scan_xp, trace_filter, trace_scan
 
 
 @dataclass
 class PhaseResult:
-    """What one simulated phase returns (per layer lists)."""
+    """What one simulated phase returns (per layer lists; numpy arrays except ``grads``)."""
 
     goodness: list                      # (B,) float64: G of each layer
     neuron_goodness: list               # (B, N): mean over time of g(v) per neuron
     spike_counts: list                  # (B, N)
-    grads: list | None = None           # [(dW (N, M), db (N,))] when modulators were given
+    grads: list | None = None           # [(dW (N, M), db (N,))] when modulators were given (weights' namespace)
     record: dict = field(default_factory=dict)   # "input" (T,B,M), "spikes"/"v" lists of (T,B,N)
+
+
+_POOL = None
+
+
+def n_threads() -> int:
+    """Threads for the elementwise work (env SPIKEFF_NUM_THREADS, default: the CPUs we may use)."""
+    env = os.environ.get("SPIKEFF_NUM_THREADS")
+    if env:
+        return max(1, int(env))
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+def _parallel(fn, B, N, min_work=1 << 16):
+    """``fn(batch_slice)`` over parts of the batch in threads (numpy releases the GIL in ufuncs).
+
+    Elementwise numpy work runs on one core; the GEMMs use all of them, so splitting the batch
+    keeps all cores busy between the GEMMs. Returns the list of results.
+    """
+    global _POOL
+    n = min(n_threads(), B) if B * N >= min_work else 1
+    if n <= 1:
+        return [fn(slice(None))]
+    if _POOL is None or _POOL._max_workers < n:
+        _POOL = ThreadPoolExecutor(max_workers=n, thread_name_prefix="spikeff")
+    bounds = np.linspace(0, B, n + 1).astype(int)
+    return list(_POOL.map(fn, [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]))
+
+
+class _Layer:
+    """Buffers and state of one layer for one phase (O(chunk_steps) memory)."""
+
+    def __init__(self, W, bias, lif, goodness, B, K, modulator, T, xp):
+        N, M = W.shape
+        self.W, self.bias, self.lif, self.goodness, self.xp = W, bias, lif, goodness, xp
+        self.B, self.N, self.M, self.dtype = B, N, M, W.dtype
+        self.np = xp is np
+        self.learn = modulator is not None
+        self._filters = {}
+        f64 = np.float64 if self.np else xp.float64
+        zeros = (lambda shape, dt=self.dtype: xp.zeros(shape, dtype=dt))
+        self.dec = zeros((B, N))                                  # a_mem * v after reset
+        self.ref = zeros((B, N), np.int32 if self.np else xp.int32) if lif.refractory_steps > 0 else None
+        self.g_acc = zeros((B, N), f64)
+        self.counts = zeros((B, N), f64)
+        if self.np:
+            # Z rows: e_u, e_v (state at the chunk start), x[t0-1], then the chunk's k input steps
+            self.Z = zeros((K + 3, B, M))
+            self.E = np.empty(((2 if self.learn else 1) * K, B * M), dtype=self.dtype)
+            self.U = np.empty((K, B, N), dtype=self.dtype)
+            self.mask = np.empty((B, N), dtype=bool)
+            self.rmask = np.empty((B, N), dtype=bool) if self.ref is not None else None
+        else:
+            self.state = zeros((3, B, M))                         # e_u, e_v, x[t0-1]
+        if self.learn:
+            scale = np.asarray(to_numpy(modulator), dtype=np.float64) / (T * N)
+            self.scale = to_backend(scale.reshape(1, B, 1), xp, dtype=self.dtype)
+            self.dW = zeros((N, M), f64)
+            self.db = zeros((N,), f64)
+            if self.np:
+                self.post = np.empty((K, B, N), dtype=self.dtype)
+                self.dW_chunk = np.empty((N, M), dtype=self.dtype)
+
+    def input_buffer(self, k):
+        """Where the layer below (or the source) writes this chunk's input spikes (numpy), or None."""
+        return self.Z[3:3 + k] if self.np else None
+
+    def filter(self, k):
+        if k not in self._filters:
+            f = trace_filter(self.lif, k, with_ev=self.learn)
+            self._filters[k] = to_backend(f, self.xp, dtype=self.dtype)
+        return self._filters[k]
+
+    def run_chunk(self, x, k, out, e_b_steps):
+        """Simulate k steps with input spikes ``x`` (k, B, M) (numpy: already in input_buffer).
+
+        Spikes go to ``out`` (k, B, N) (numpy; the next layer's input buffer) or are returned.
+        Returns (spikes, pre-reset potentials or None); the potentials are valid until the next chunk.
+        """
+        xp, B, N, M, lif = self.xp, self.B, self.N, self.M, self.lif
+        if self.np:
+            E = self.E[:(2 if self.learn else 1) * k]
+            E3 = E.reshape(-1, B, M)
+            _parallel(lambda sl: trace_scan(self.Z[:k + 2, sl], E3[:, sl], k, lif, self.learn), B, M)
+            V = self.U[:k]
+            np.matmul(E[:k].reshape(k * B, M), self.W.T, out=V.reshape(k * B, N))
+            self.Z[0] = E[k - 1].reshape(B, M)
+            if self.learn:
+                self.Z[1] = E[2 * k - 1].reshape(B, M)
+            self.Z[2] = self.Z[2 + k]
+            if self.bias is not None:
+                V += self.bias
+
+            def scan(sl):                       # one part of the batch (threads share the work)
+                ref, rmask = (self.ref[sl], self.rmask[sl]) if self.ref is not None else (None, None)
+                lif_scan(V[:, sl], self.dec[sl], lif, ref, self.mask[sl], rmask)
+                np.greater(V[:, sl], lif.v_threshold, out=out[:, sl])
+                self.counts[sl] += out[:, sl].sum(axis=0)
+            _parallel(scan, B, N)
+        else:
+            Z = xp.concat([self.state, x[:k - 1, ...]], axis=0)
+            E = self.filter(k) @ xp.reshape(Z, (k + 2, B * M))
+            U = xp.reshape(xp.reshape(E[:k, ...], (k * B, M)) @ self.W.T, (k, B, N))
+            ev_end = E[2 * k - 1, ...] if self.learn else self.state[1, ...]
+            self.state = xp.stack([xp.reshape(E[k - 1, ...], (B, M)), xp.reshape(ev_end, (B, M)),
+                                   x[k - 1, ...]])
+            if self.bias is not None:
+                U = U + self.bias
+            V, self.dec, self.ref = lif_scan_xp(U, self.dec, lif, xp, self.ref)
+            out = xp.astype(V > lif.v_threshold, self.dtype)
+            self.counts += xp.astype(xp.sum(out, axis=0), self.counts.dtype)
+        return out, V, E
+
+    def goodness_chunk(self, V, E, k, e_b_steps):
+        """Accumulate g(v) of the chunk (destroys V on numpy) and, when learning, the gradient."""
+        xp, B, N, M = self.xp, self.B, self.N, self.M
+        fused = self.goodness.fused if self.np else None
+        db = None
+        if fused is not None:
+            post = self.post[:k] if self.learn else None
+
+            def good(sl):
+                fused(V[:, sl], post[:, sl] if self.learn else None, self.scale[:, sl] if self.learn else None)
+                self.g_acc[sl] += V[:, sl].sum(axis=0)
+                if self.learn:
+                    return e_b_steps @ post[:, sl].sum(axis=1, dtype=np.float64)
+            db = _parallel(good, B, N)
+        else:
+            self.g_acc += astype(xp.sum(self.goodness.g(V), axis=0), self.g_acc.dtype, xp)
+            post = self.goodness.dg(V) * self.scale if self.learn else None
+        if not self.learn:
+            return
+        post2 = xp.reshape(post, (k * B, N))
+        Ev = xp.reshape(E[k:2 * k, ...], (k * B, M))
+        if self.np:
+            np.matmul(post2.T, Ev, out=self.dW_chunk)
+            self.dW += self.dW_chunk
+            self.db += sum(db) if db is not None else e_b_steps @ post.sum(axis=1, dtype=np.float64)
+        else:
+            self.dW += astype(post2.T @ Ev, self.dW.dtype, xp)
+            eb = to_backend(e_b_steps, xp, dtype=np.float64)
+            self.db += eb @ astype(xp.sum(post, axis=1), self.db.dtype, xp)
 
 
 def run_phase(weights, biases, lif: DiscreteLIF, goodness: Goodness, source, chunk_steps: int,
@@ -43,76 +201,43 @@ def run_phase(weights, biases, lif: DiscreteLIF, goodness: Goodness, source, chu
     None per layer: when given, the layer's weight gradient ``sum_b m_b dG_b/dW`` is returned.
     ``record=True`` also returns the input spikes, spikes and pre-reset potentials for all steps.
     """
-    B = source.shape[0]
-    T = source.n_steps
-    dtype = weights[0].dtype
-    L = len(weights)
-    refr = lif.refractory_steps > 0
-    states = [LIFState.zeros(B, W.shape[0], dtype, refractory=refr) for W in weights]
-    x_prev = [np.zeros((B, W.shape[1]), dtype=dtype) for W in weights]
-    g_acc = [np.zeros((B, W.shape[0]), dtype=np.float64) for W in weights]
-    counts = [np.zeros((B, W.shape[0]), dtype=np.int64) for W in weights]
-    learn = [modulators is not None and modulators[l] is not None for l in range(L)]
-    post_scale, e_u, e_v, dW, db = [None] * L, [None] * L, [None] * L, [None] * L, [None] * L
-    e_b = 0.0
-    for l, W in enumerate(weights):
-        if learn[l]:
-            N, M = W.shape
-            post_scale[l] = (np.asarray(modulators[l], dtype=np.float64) / (T * N)).astype(dtype)[:, None]
-            e_u[l] = np.zeros((B, M), dtype=dtype)
-            e_v[l] = np.zeros((B, M), dtype=dtype)
-            dW[l] = np.zeros((N, M), dtype=np.float64)
-            db[l] = np.zeros(N, dtype=np.float64)
+    xp = namespace(*weights)
+    B, T, L = source.shape[0], source.n_steps, len(weights)
+    K = min(chunk_steps, T)
+    mods = modulators if modulators is not None else [None] * L
+    layers = [_Layer(W, biases[l], lif, goodness, B, K, mods[l], T, xp) for l, W in enumerate(weights)]
+    last_out = np.empty((K, B, weights[-1].shape[0]), dtype=weights[-1].dtype) if xp is np else None
     rec_in, rec_s, rec_v = [], [[] for _ in range(L)], [[] for _ in range(L)]
-
-    t0 = 0
+    e_b = 0.0
     for chunk in source.chunks(chunk_steps):
         k = chunk.shape[0]
-        if record:
-            rec_in.append(chunk)
         e_b_steps = np.empty(k)
         for j in range(k):
             e_b = lif.a_mem * e_b + 1.0          # bias trace: dv[t]/db without reset
             e_b_steps[j] = e_b
-        inp = chunk
-        for l, W in enumerate(weights):
-            N, M = W.shape
-            xin = np.concatenate([x_prev[l][None], inp[:-1]], axis=0)   # x[t-1]: one step of delay
-            x_prev[l] = inp[-1]
-            current = (xin.reshape(k * B, M) @ W.T).reshape(k, B, N)
-            out = np.empty((k, B, N), dtype=dtype)
-            if learn[l]:
-                post = np.empty((k, B, N), dtype=dtype)
-                ev_steps = np.empty((k, B, M), dtype=dtype)
+        if record:
+            rec_in.append(chunk.astype(bool))
+        if xp is np:
+            layers[0].input_buffer(k)[...] = chunk
+            x = None
+        else:
+            x = to_backend(chunk, xp, dtype=chunk.dtype)
+        for l, layer in enumerate(layers):
+            dest = (layers[l + 1].input_buffer(k) if l + 1 < L else last_out[:k]) if xp is np else None
+            x, V, E = layer.run_chunk(x, k, dest, e_b_steps)
             if record:
-                v_rec = np.empty((k, B, N), dtype=dtype)
-            for j in range(k):
-                spikes, v_pre = lif_step(states[l], current[j], biases[l], lif)
-                g_acc[l] += goodness.g(v_pre)
-                out[j] = spikes
-                if record:
-                    v_rec[j] = v_pre
-                if learn[l]:
-                    trace_step(e_u[l], e_v[l], xin[j], lif)
-                    ev_steps[j] = e_v[l]
-                    np.multiply(goodness.dg(v_pre), post_scale[l], out=post[j])
-            counts[l] += out.sum(axis=0, dtype=np.int64)
-            if learn[l]:
-                dW[l] += post.reshape(k * B, N).T @ ev_steps.reshape(k * B, M)
-                db[l] += e_b_steps @ post.sum(axis=1, dtype=np.float64)
-            if record:
-                rec_s[l].append(out.astype(bool))
-                rec_v[l].append(v_rec)
-            inp = out
-        t0 += k
+                rec_s[l].append(to_numpy(x).astype(bool))
+                rec_v[l].append(np.array(to_numpy(V)))
+            layer.goodness_chunk(V, E, k, e_b_steps)
 
-    neuron_g = [g / T for g in g_acc]
+    neuron_g = [to_numpy(layer.g_acc) / T for layer in layers]
     result = PhaseResult(goodness=[g.mean(axis=1) for g in neuron_g], neuron_goodness=neuron_g,
-                         spike_counts=counts)
-    if any(learn):
-        result.grads = [(dW[l].astype(dtype), db[l].astype(dtype)) if learn[l] else None for l in range(L)]
+                         spike_counts=[to_numpy(layer.counts).astype(np.int64) for layer in layers])
+    if any(layer.learn for layer in layers):
+        result.grads = [(astype(layer.dW, layer.dtype, xp), astype(layer.db, layer.dtype, xp))
+                        if layer.learn else None for layer in layers]
     if record:
-        result.record = {"input": np.concatenate(rec_in).astype(bool),
+        result.record = {"input": np.concatenate(rec_in),
                          "spikes": [np.concatenate(s) for s in rec_s],
                          "v": [np.concatenate(v) for v in rec_v]}
     return result
