@@ -254,7 +254,8 @@ def make_run_figures(run_dir, out_dir=None, n_samples: int = 300, sample: int = 
     rng = np.random.default_rng(0)
     g_pos = net.goodness(X, y, seed=2)
     g_neg = net.goodness(X, random_wrong_labels(y, net.n_classes_, rng), seed=2)
-    save(plot_goodness_histograms(g_pos, g_neg, c.goodness_threshold), "goodness_histograms.png")
+    save(plot_goodness_histograms(g_pos, g_neg, c.goodness_threshold if c.loss == "threshold" else None),
+         "goodness_histograms.png")     # SymBa has no threshold, only the separation counts
     gpl = net.goodness_per_label(X)
     save(plot_label_goodness(gpl[sample], true_label=y[sample]), "label_goodness.png")
     shape = tuple(data.image_shape) if data.image_shape else (net.n_features_in_,)
