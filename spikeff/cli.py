@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import platform
 import signal
 import sys
@@ -95,7 +96,10 @@ def _load_resume(run_dir: Path):
 
 
 def _environment() -> dict:
-    env = {"python": platform.python_version(), "numpy": np.__version__, "machine": platform.machine()}
+    env = {"python": platform.python_version(), "numpy": np.__version__, "machine": platform.machine(),
+           "cpus": os.cpu_count()}
+    if hasattr(os, "getloadavg"):
+        env["load_average_1min_at_start"] = round(os.getloadavg()[0], 2)   # other work on the machine
     try:
         from threadpoolctl import threadpool_info
         env["blas"] = [{k: i.get(k) for k in ("internal_api", "version", "architecture", "num_threads")}

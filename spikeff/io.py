@@ -41,6 +41,9 @@ def atomic_write_bytes(path, data: bytes):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)          # mkstemp makes 0600; results should read like any file
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
