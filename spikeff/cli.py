@@ -1,4 +1,4 @@
-"""The ``spikeff`` command line: ``train``, ``eval``, ``demo``, ``export``, ``sweep``, ``bench``.
+"""The ``spikeff`` command line: ``train``, ``eval``, ``demo``, ``export``, ``plot``, ``sweep``, ``bench``.
 
 Run ``spikeff COMMAND --help`` for the options of each command.
 """
@@ -289,6 +289,13 @@ def cmd_export(args):
     return 0
 
 
+def cmd_plot(args):
+    """All figures of a saved run (model.npz + metrics.json) into RUN_DIR/figures/ (or --out)."""
+    from .plot import make_run_figures
+    make_run_figures(args.run_dir, out_dir=args.out, n_samples=args.n_samples, data_path=args.data_path)
+    return 0
+
+
 def cmd_sweep(args):
     from .sweep import run_sweep
     rows = run_sweep(args.sweep, args.out, scheduler=args.scheduler, n_workers=args.workers)
@@ -365,6 +372,17 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--n-calib", type=int, default=32, help="Lava: calibration samples (default: 32)")
     x.add_argument("--headroom", type=float, default=2.0, help="Lava: state range headroom factor (default: 2)")
     x.set_defaults(func=cmd_export)
+
+    pl = sub.add_parser("plot", help="make the figures of a saved run",
+                        description="Training curves, spike rasters and membrane traces (positive vs "
+                                    "negative phase), goodness histograms, goodness per label, layer-1 "
+                                    "receptive fields and confusion matrices of a run directory written by "
+                                    "train/demo (model.npz + metrics.json, which names the data set).")
+    pl.add_argument("run_dir", help="run directory with model.npz and metrics.json")
+    pl.add_argument("--out", default=None, help="output directory (default: RUN_DIR/figures)")
+    pl.add_argument("--n-samples", type=_positive_int, default=300, help="test samples used (default: 300)")
+    pl.add_argument("--data-path", default=None, help="directory with IDX files")
+    pl.set_defaults(func=cmd_plot)
 
     s = sub.add_parser("sweep", help="run a parameter sweep on dask.distributed",
                        description="Expand a sweep file (models/sweeps/*.toml: base config, data set, grid "

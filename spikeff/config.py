@@ -16,7 +16,7 @@ from .units import parse_quantity
 ENCODINGS = ("rate", "latency")
 GOODNESS_NAMES = ("energy_relu", "energy", "relu_mean", "energy_mean_relu")
 LOSSES = ("threshold", "symba")
-NEGATIVES = ("random", "hard", "readout_hard")
+NEGATIVES = ("random", "hard", "readout_hard", "hybrid")
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
 NORMALIZATIONS = ("none", "length")
@@ -125,6 +125,7 @@ class FFConfig:
     max_rate: float = 500.0            # Hz at intensity 1 (rate code: p = x * max_rate * dt)
     label_repeat: int = 1              # input channels per class for the label overlay
     label_intensity: float = 1.0
+    latency_period: int = 0            # latency code: repeat the pattern every this many steps (0: once)
     # [goodness]
     goodness: str = "energy_relu"
     goodness_threshold: float = 1.0
@@ -158,6 +159,8 @@ class FFConfig:
             v = getattr(self, name)
             _check(_is_int(v) and v > 0, name, f"must be a positive integer, got {v!r}")
         _check(_is_int(self.epochs) and self.epochs >= 0, "epochs", f"must be an integer >= 0, got {self.epochs!r}")
+        _check(_is_int(self.latency_period) and self.latency_period >= 0, "latency_period",
+               f"must be an integer >= 0 (time steps; 0 = one latency spike per window), got {self.latency_period!r}")
         _check(_is_int(self.seed) and self.seed >= 0, "seed", f"must be an integer >= 0, got {self.seed!r}")
         for name in ("learn_bias", "readout"):
             _check(isinstance(getattr(self, name), bool), name,
@@ -184,6 +187,9 @@ class FFConfig:
                "'readout' needs readout = true")
         _check(self.negatives != "readout_hard" or self.readout, "negatives",
                "'readout_hard' needs readout = true")
+        _check(self.negatives != "hybrid" or self.predict_method == "readout", "negatives",
+               "'hybrid' (unsupervised: no label in either phase) needs predict_method = 'readout' "
+               "and readout = true")
         if isinstance(self.neuron, dict):
             object.__setattr__(self, "neuron", NeuronConfig.from_dict(self.neuron))
         _check(isinstance(self.neuron, NeuronConfig), "neuron",

@@ -4,6 +4,12 @@ The label overlay appends ``n_classes * label_repeat`` input channels (Hinton's 
 as extra channels): the channels of the given class get ``label_intensity``, the others 0. The
 *neutral* label (used by the one-pass readout) gives every class ``label_intensity / n_classes``.
 
+Encodings: ``rate`` (Bernoulli spikes, probability ``x * max_rate * dt`` per step) and ``latency``
+(one spike per channel, earlier for brighter input, none for 0). ``latency_period`` (steps; 0 = the
+whole window) repeats the latency pattern every ``latency_period`` steps: a single spike per channel
+in the window is very little drive (on digits the network stays at chance level), a repeated
+pattern (a phase code against a period) keeps the timing code with more spikes.
+
 Spike trains are produced chunk by chunk from a seed, so a phase can be replayed with exactly the
 same input spikes (see :mod:`spikeff.engines.vectorized`) without storing them for all T.
 """
@@ -34,7 +40,7 @@ class SpikeSource:
     """
 
     def __init__(self, intensities: np.ndarray, encoding: str, n_steps: int, dt: float,
-                 max_rate: float, seed, rows_per_noise: int = 1, dtype=np.float32):
+                 max_rate: float, seed, rows_per_noise: int = 1, dtype=np.float32, latency_period: int = 0):
         if encoding not in ("rate", "latency"):
             raise ValueError(f"encoding: {encoding!r} is not valid; choose one of ['rate', 'latency']")
         self.x = np.asarray(intensities, dtype=np.float64)
@@ -45,9 +51,12 @@ class SpikeSource:
         self.encoding, self.n_steps, self.seed = encoding, n_steps, seed
         self.rows_per_noise, self.dtype = rows_per_noise, dtype
         self.p = np.clip(self.x * max_rate * dt, 0.0, 1.0)
+        if not (isinstance(latency_period, (int, np.integer)) and latency_period >= 0):
+            raise ValueError(f"latency_period must be an integer >= 0, got {latency_period!r}")
+        self.period = int(latency_period) or n_steps
         if encoding == "latency":
-            # one spike per channel, earlier for brighter input; none for intensity 0
-            t = np.round((1.0 - np.clip(self.x, 0, 1)) * (n_steps - 1)).astype(np.int64)
+            # one spike per channel and period, earlier for brighter input; none for intensity 0
+            t = np.round((1.0 - np.clip(self.x, 0, 1)) * (self.period - 1)).astype(np.int64)
             self.spike_time = np.where(self.x > 0, t, -1)
 
     @property
@@ -66,7 +75,7 @@ class SpikeSource:
                     noise = np.repeat(noise, self.rows_per_noise, axis=1)
                 yield (noise < self.p).astype(self.dtype)
             else:
-                steps = np.arange(t0, t0 + k)[:, None, None]
+                steps = np.arange(t0, t0 + k)[:, None, None] % self.period
                 yield (self.spike_time[None] == steps).astype(self.dtype)
 
     def all_steps(self) -> np.ndarray:

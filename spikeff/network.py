@@ -6,7 +6,7 @@
 One training step on a batch (see :meth:`FFNetwork.train_batch`):
 
 0. (with the readout) a neutral-label pass gives the readout's input; the readout takes a step;
-1. negative labels are drawn (:mod:`spikeff.negatives`);
+1. the negative data are made (:mod:`spikeff.negatives`: wrong labels, or hybrid images);
 2. the positive phase (true labels) and the negative phase (wrong labels) are simulated as two
    separate epochs from rest (side by side as one batch), giving each layer's goodness per sample;
 3. each layer's FF loss gives a per-sample modulator (:mod:`spikeff.learning`);
@@ -31,7 +31,7 @@ from .encoding import NEUTRAL, ConcatSource, SpikeSource, overlay_labels
 from .engines import get_engine
 from .goodness import get_goodness
 from .learning import ff_loss, lr_factor, make_optimizer
-from .negatives import hard_wrong_labels, random_wrong_labels
+from .negatives import hard_wrong_labels, hybrid_images, random_wrong_labels
 from .neuron import DiscreteLIF
 from .readout import LinearReadout, readout_features
 
@@ -103,7 +103,7 @@ class FFNetwork:
         inten = overlay_labels(np.asarray(X, dtype=np.float64), labels, self.n_classes_,
                                c.label_repeat, c.label_intensity)
         return SpikeSource(inten, c.encoding, c.n_steps, c.neuron.dt, c.max_rate, seed,
-                           rows_per_noise=rows_per_noise, dtype=self.dtype)
+                           rows_per_noise=rows_per_noise, dtype=self.dtype, latency_period=c.latency_period)
 
     def _run(self, source, modulators=None, record=False):
         c = self.config
@@ -192,30 +192,76 @@ class FFNetwork:
         return float(np.mean(self.predict(X, method) == y))
 
     # -- training ------------------------------------------------------------------------------
+    def negative_data(self, X, y, seed, rng, readout_logits=None):
+        """(positive labels, negative inputs, negative labels) of a batch, by ``config.negatives``
+        (see :mod:`spikeff.negatives`). ``hybrid``: neutral labels, hybrid images as negatives.
+        ``readout_hard`` needs ``readout_logits`` (the readout's logits of the neutral-label pass)."""
+        c = self.config
+        if c.negatives == "hybrid":
+            neutral = np.full(len(X), NEUTRAL)
+            return neutral, hybrid_images(X, rng), neutral
+        if c.negatives == "hard":
+            scores = self.goodness_per_label(X, seed=seed[-1])[:, :, self._layer_mask()].sum(axis=2)
+            return y, X, hard_wrong_labels(y, scores, rng)
+        if c.negatives == "readout_hard":
+            if readout_logits is None:
+                raise ValueError("negatives = 'readout_hard' needs the readout's logits of the neutral-label pass")
+            return y, X, hard_wrong_labels(y, readout_logits, rng)
+        return y, X, random_wrong_labels(y, self.n_classes_, rng)
+
+    def _apply_grads(self, grads_per_run):
+        """One optimizer step per layer on the sum of the runs' gradients [(dW, db) per layer]."""
+        for l, opt in enumerate(self.optimizers_):
+            dW, db = grads_per_run[0][l]
+            for g in grads_per_run[1:]:
+                dW, db = dW + g[l][0], db + g[l][1]
+            if not self.config.learn_bias:
+                db = db * 0
+            opt.step([self.weights_[l], self.biases_[l]], [dW, db])
+        xp = self.xp
+        for l, (W, b) in enumerate(zip(self.weights_, self.biases_)):
+            if not (bool(xp.all(xp.isfinite(W))) and bool(xp.all(xp.isfinite(b)))):
+                raise FloatingPointError(f"layer {l} weights became non-finite (NaN/inf) during training; "
+                                         f"lower learning_rate or weight_init")
+
+    def train_phase(self, X, labels, seed, phase: str) -> list:
+        """One FF update from a single phase alone: ``phase="positive"`` raises the goodness of
+        (X, labels), ``"negative"`` lowers it, with the same local rule and optimizer as
+        :meth:`train_batch` (for "sleep" schedules where the phases are far apart in time). Needs
+        the ``threshold`` loss, whose positive and negative terms are separate. Returns the mean
+        goodness of each layer."""
+        c = self.config
+        if c.loss != "threshold":
+            raise ValueError(f"train_phase needs loss = 'threshold' (the {c.loss!r} loss couples the two phases)")
+        if phase not in ("positive", "negative"):
+            raise ValueError(f"phase: {phase!r} is not valid; choose one of ['positive', 'negative']")
+        src = self._source(X, labels, seed)
+        res = self._run(src)
+        _check_finite_goodness(res.goodness, f"{phase} phase")
+        mods = [ff_loss(g, g, c.loss, c.goodness_threshold, c.loss_sharpness)[1 if phase == "positive" else 2]
+                for g in res.goodness]
+        self._apply_grads([self._run(src, modulators=mods).grads])
+        return [float(g.mean()) for g in res.goodness]
+
     def train_batch(self, X, y, seed) -> dict:
         """One FF step on a batch. Returns per-layer loss and mean goodness of both phases."""
         c = self.config
         rng = np.random.default_rng(np.random.SeedSequence(seed + [0]))
         out = {}
         feats = None
-        src_pos = self._source(X, y, seed + [PHASE_IDS["positive"]])
         src_neutral = (self._source(X, np.full(len(X), NEUTRAL), seed + [PHASE_IDS["neutral"]])
                        if self.readout_ is not None else None)
         # the phases are separate simulations from rest; those that need no result of another run
         # side by side as one batch (larger GEMMs, one time loop), each with its own input spikes
         first = None
+        readout_logits = None
         if src_neutral is not None and c.negatives == "readout_hard":
             neutral = self._run(src_neutral)      # the negatives depend on the readout's view
             neutral_goodness = (neutral.goodness, neutral.neuron_goodness)
-        if c.negatives == "hard":
-            scores = self.goodness_per_label(X, seed=seed[-1])[:, :, self._layer_mask()].sum(axis=2)
-            y_neg = hard_wrong_labels(y, scores, rng)
-        elif c.negatives == "readout_hard":
-            feats = readout_features(neutral_goodness[1])
-            y_neg = hard_wrong_labels(y, self.readout_.logits(feats), rng)
-        else:
-            y_neg = random_wrong_labels(y, self.n_classes_, rng)
-        src_neg = self._source(X, y_neg, seed + [PHASE_IDS["negative"]])
+            readout_logits = self.readout_.logits(readout_features(neutral_goodness[1]))
+        y_pos, X_neg, y_neg = self.negative_data(X, y, seed, rng, readout_logits)
+        src_pos = self._source(X, y_pos, seed + [PHASE_IDS["positive"]])
+        src_neg = self._source(X_neg, y_neg, seed + [PHASE_IDS["negative"]])
         both = ConcatSource([src_pos, src_neg])
         if src_neutral is not None and c.negatives != "readout_hard":
             first = ConcatSource([src_neutral, src_pos, src_neg])
@@ -244,16 +290,7 @@ class FFNetwork:
             losses.append(value)
             mods.append(np.concatenate([mp, mn]))
         grads = self._run(both, modulators=mods).grads     # replay with the modulators
-        for l, opt in enumerate(self.optimizers_):
-            dW, db = grads[l]
-            if not c.learn_bias:
-                db = db * 0
-            opt.step([self.weights_[l], self.biases_[l]], [dW, db])
-        xp = self.xp
-        for l, (W, b) in enumerate(zip(self.weights_, self.biases_)):
-            if not (bool(xp.all(xp.isfinite(W))) and bool(xp.all(xp.isfinite(b)))):
-                raise FloatingPointError(f"layer {l} weights became non-finite (NaN/inf) during training; "
-                                         f"lower learning_rate or weight_init")
+        self._apply_grads([grads])
         out.update(loss=losses, g_pos=[float(g.mean()) for g in g_pos],
                    g_neg=[float(g.mean()) for g in g_neg])
         return out
@@ -318,7 +355,8 @@ class FFNetwork:
             X_val, y_val = check_Xy(X_val, y_val, self.n_features_in_, self.n_classes_)
         epochs = self.config.epochs if epochs is None else epochs
         if val_methods is None:
-            val_methods = ["goodness"] + (["readout"] if self.readout_ is not None else [])
+            val_methods = ((["goodness"] if self.config.negatives != "hybrid" else [])
+                           + (["readout"] if self.readout_ is not None else []))
         while self.epochs_done_ < epochs:
             m = self.train_epoch(X, y, self.epochs_done_, progress=progress)
             if self.epochs_done_ + 1 == epochs and self.readout_ is not None and self.config.readout_final_epochs:

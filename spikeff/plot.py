@@ -32,7 +32,8 @@ def plot_training_curves(history: list, path=None):
         if any(v is not None for v in vals):
             axes[0].plot(ep, [np.nan if v is None else v for v in vals], marker="o", label=label)
     axes[0].set(xlabel="epoch", ylabel="accuracy", title="accuracy")
-    axes[0].legend()
+    if axes[0].get_lines():
+        axes[0].legend()
     loss = np.array([m["ff_loss"] for m in history])
     for l in range(loss.shape[1]):
         axes[1].plot(ep, loss[:, l], marker="o", label=f"layer {l + 1}")
@@ -64,3 +65,205 @@ def plot_raster_phases(spikes_pos: np.ndarray, spikes_neg: np.ndarray, dt: float
         fig.suptitle(title)
     fig.tight_layout()
     return _finish(fig, path)
+
+
+def _axes(ax, figsize):
+    """(figure, axes): a new figure when ``ax`` is None, else ``ax`` and its figure."""
+    plt = _mpl()
+    if ax is None:
+        fig, ax = plt.subplots(figsize=figsize)
+        return fig, ax
+    return ax.figure, ax
+
+
+def plot_membrane_traces(v: np.ndarray, v_threshold: float, spikes: np.ndarray | None = None,
+                         neurons=None, dt: float = 1e-3, v_reset: float | None = None, title: str = "",
+                         ax=None, path=None):
+    """Membrane potential (pre-reset, mV) of a few neurons of one sample over time, ``v`` (T, N),
+    with the threshold as a dashed line and spikes (``spikes`` (T, N) bool) as markers.
+    ``neurons``: indices to draw (default: 5 neurons spread from the most to the least active, by
+    spike count, else by mean potential). One line per neuron."""
+    v = np.asarray(v)
+    if neurons is None:
+        order = np.argsort(-(np.asarray(spikes).sum(axis=0) if spikes is not None else v.mean(axis=0)),
+                           kind="stable")
+        neurons = order[np.unique(np.linspace(0, len(order) - 1, min(5, len(order))).astype(int))]
+    fig, ax = _axes(ax, (7, 3.4))
+    t = np.arange(v.shape[0]) * dt * 1e3
+    for i in neurons:
+        line, = ax.plot(t, v[:, i], lw=1.2, label=f"neuron {i}")
+        if spikes is not None:
+            ts = np.flatnonzero(np.asarray(spikes)[:, i])
+            ax.plot(t[ts], v[ts, i], "v", color=line.get_color(), ms=4, ls="none")
+    ax.axhline(v_threshold, color="k", ls="--", lw=1, label="threshold")
+    if v_reset is not None:
+        ax.axhline(v_reset, color="0.6", ls=":", lw=1, label="reset")
+    ax.set(xlabel="time (ms)", ylabel="membrane potential (mV)", title=title or "membrane potential")
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    return _finish(fig, path)
+
+
+def plot_goodness_histograms(g_pos: np.ndarray, g_neg: np.ndarray, threshold: float | None = None,
+                             bins: int = 30, path=None):
+    """Histograms of the goodness of positive vs negative data, one panel per layer.
+    ``g_pos``/``g_neg``: (samples, layers). Each panel holds two bar containers (positive, negative)
+    whose counts sum to the number of samples; the goodness threshold is a vertical line."""
+    plt = _mpl()
+    g_pos, g_neg = np.atleast_2d(g_pos), np.atleast_2d(g_neg)
+    L = g_pos.shape[1]
+    fig, axes = plt.subplots(1, L, figsize=(4.2 * L, 3.3), squeeze=False)
+    for l, ax in enumerate(axes[0]):
+        lo = min(g_pos[:, l].min(), g_neg[:, l].min())
+        hi = max(g_pos[:, l].max(), g_neg[:, l].max())
+        edges = np.linspace(lo, hi if hi > lo else lo + 1, bins + 1)
+        ax.hist(g_pos[:, l], bins=edges, alpha=0.6, label="positive (true label)", color="tab:green")
+        ax.hist(g_neg[:, l], bins=edges, alpha=0.6, label="negative", color="tab:red")
+        if threshold is not None:
+            ax.axvline(threshold, color="k", ls="--", lw=1, label="threshold")
+        ax.set(xlabel="goodness", ylabel="samples", title=f"layer {l + 1}")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return _finish(fig, path)
+
+
+def plot_label_goodness(goodness: np.ndarray, true_label: int | None = None, ax=None, path=None):
+    """Goodness of every candidate label for one sample, ``goodness`` (n_classes, layers): bars stacked
+    by layer (one bar per label and layer); the true label's tick is marked and the winner (highest sum)
+    is named in the title."""
+    g = np.asarray(goodness, dtype=np.float64)
+    if g.ndim == 1:
+        g = g[:, None]
+    C, L = g.shape
+    fig, ax = _axes(ax, (6, 3.2))
+    bottom = np.zeros(C)
+    for l in range(L):
+        ax.bar(np.arange(C), g[:, l], bottom=bottom, label=f"layer {l + 1}")
+        bottom += g[:, l]
+    ax.set_xticks(np.arange(C))
+    if true_label is not None:
+        ax.get_xticklabels()[int(true_label)].set_color("tab:green")
+        ax.get_xticklabels()[int(true_label)].set_fontweight("bold")
+    win = int(np.argmax(bottom))
+    ax.set(xlabel="candidate label", ylabel="goodness (sum over layers)",
+           title=f"goodness per label: predicted {win}" + ("" if true_label is None else f", true {int(true_label)}"))
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _finish(fig, path)
+
+
+def plot_receptive_fields(W: np.ndarray, image_shape: tuple, n: int = 25, neurons=None, path=None):
+    """First-layer weights of ``n`` neurons as images (the input columns beyond the image, i.e. the
+    label channels, are left out). ``W``: (neurons, inputs). One image per neuron shown, on a symmetric
+    colour scale per neuron (red excitatory, blue inhibitory)."""
+    plt = _mpl()
+    W = np.asarray(W)
+    n_pix = int(np.prod(image_shape))
+    if neurons is None:
+        neurons = np.arange(min(n, W.shape[0]))
+    neurons = np.asarray(neurons)
+    cols = int(np.ceil(np.sqrt(len(neurons))))
+    rows = int(np.ceil(len(neurons) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.3 * rows + 0.4), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k < len(neurons):
+            img = W[neurons[k], :n_pix].reshape(image_shape)
+            m = np.abs(img).max() or 1.0
+            ax.imshow(img, cmap="RdBu_r", vmin=-m, vmax=m)
+            ax.set_title(str(neurons[k]), fontsize=7)
+    fig.suptitle("layer 1 receptive fields (label channels excluded)", fontsize=9)
+    fig.tight_layout()
+    return _finish(fig, path)
+
+
+def confusion_matrix(y_true, y_pred, n_classes: int) -> np.ndarray:
+    """Counts (n_classes, n_classes): row = true label, column = predicted label."""
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(y_true), np.asarray(y_pred)), 1)
+    return cm
+
+
+def plot_confusion_matrix(y_true, y_pred, n_classes: int, title: str = "", ax=None, path=None):
+    """Confusion matrix (rows: true label, columns: predicted) as an image with the counts written in."""
+    cm = confusion_matrix(y_true, y_pred, n_classes)
+    fig, ax = _axes(ax, (4.6, 4.0))
+    im = ax.imshow(cm, cmap="Blues")
+    for i in range(n_classes):
+        for j in range(n_classes):
+            if cm[i, j]:
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                        color="w" if cm[i, j] > cm.max() / 2 else "k")
+    acc = np.trace(cm) / max(cm.sum(), 1)
+    ax.set(xlabel="predicted", ylabel="true", xticks=range(n_classes), yticks=range(n_classes),
+           title=(title + ": " if title else "") + f"accuracy {acc:.3f} ({cm.sum()} samples)")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return _finish(fig, path)
+
+
+def make_run_figures(run_dir, out_dir=None, n_samples: int = 300, sample: int = 0, data_path=None,
+                     log=print) -> list:
+    """All figures of a saved run (``run_dir/model.npz`` + ``metrics.json``, whose ``dataset`` names
+    the data) into ``out_dir`` (default ``run_dir/figures``); the first ``n_samples`` test samples
+    are used. Returns the paths written."""
+    import json
+    from pathlib import Path
+
+    from .data import load_dataset
+    from .network import FFNetwork
+    from .negatives import random_wrong_labels
+    plt = _mpl()
+    run_dir = Path(run_dir)
+    out = Path(out_dir) if out_dir is not None else run_dir / "figures"
+    out.mkdir(parents=True, exist_ok=True)
+    net = FFNetwork.load(run_dir / "model.npz")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    da = metrics.get("data_args") or {}
+    data = load_dataset(da.get("dataset") or metrics["dataset"], data_path or da.get("data_path"))
+    if da.get("n_train") or da.get("n_test"):     # the run's own test subset (as in train_run)
+        data = data.subset(da.get("n_train"), da.get("n_test"), seed=net.config.seed)
+    if data.X_train.shape[1] != net.n_features_in_:
+        from .data import DataError
+        raise DataError(f"{run_dir}/model.npz: built for {net.n_features_in_} inputs, data set "
+                        f"{data.name} has {data.X_train.shape[1]}")
+    X, y = data.X_test[:n_samples], data.y_test[:n_samples]
+    c = net.config
+    written = []
+
+    def save(fig, name):
+        fig.savefig(out / name, dpi=90, bbox_inches="tight")
+        plt.close(fig)
+        written.append(out / name)
+
+    history = metrics.get("epochs") or net.history_
+    if history:
+        save(plot_training_curves(history), "training_curves.png")
+    x1, y1 = X[sample:sample + 1], y[sample:sample + 1]
+    y1_neg = (y1 + 1) % net.n_classes_
+    pos = net.simulate(x1, labels=y1, seed=1)
+    neg = net.simulate(x1, labels=y1_neg, seed=1)
+    for l in range(len(net.weights_)):
+        save(plot_raster_phases(pos.record["spikes"][l][:, 0], neg.record["spikes"][l][:, 0], dt=c.neuron.dt,
+                                title=f"layer {l + 1}, label {y1[0]} (positive) vs {y1_neg[0]} (negative)"),
+             f"raster_layer{l + 1}.png")
+        save(plot_membrane_traces(pos.record["v"][l][:, 0], c.neuron.v_threshold, pos.record["spikes"][l][:, 0],
+                                  dt=c.neuron.dt, v_reset=c.neuron.v_reset,
+                                  title=f"layer {l + 1}, positive phase, label {y1[0]}"),
+             f"membrane_layer{l + 1}.png")
+    rng = np.random.default_rng(0)
+    g_pos = net.goodness(X, y, seed=2)
+    g_neg = net.goodness(X, random_wrong_labels(y, net.n_classes_, rng), seed=2)
+    save(plot_goodness_histograms(g_pos, g_neg, c.goodness_threshold if c.loss == "threshold" else None),
+         "goodness_histograms.png")     # SymBa has no threshold, only the separation counts
+    gpl = net.goodness_per_label(X)
+    save(plot_label_goodness(gpl[sample], true_label=y[sample]), "label_goodness.png")
+    shape = tuple(data.image_shape) if data.image_shape else (net.n_features_in_,)
+    save(plot_receptive_fields(net.weights_[0], shape), "receptive_fields.png")
+    pred = np.argmax(gpl[:, :, net._layer_mask()].sum(axis=2), axis=1)
+    save(plot_confusion_matrix(y, pred, net.n_classes_, title="goodness"), "confusion_goodness.png")
+    if net.readout_ is not None:
+        save(plot_confusion_matrix(y, net.predict(X, method="readout"), net.n_classes_, title="readout"),
+             "confusion_readout.png")
+    log(f"spikeff plot: wrote {len(written)} figures to {out}/ ({len(X)} test samples of {data.name})")
+    return written

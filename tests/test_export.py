@@ -244,6 +244,16 @@ def test_nir_roundtrip(trained, digits, tmp_path):
 
 
 @needs_nir
+def test_nir_roundtrip_keeps_the_encoding(trained, tmp_path):
+    from spikeff.export import nir as nx
+    lat = FFNetwork(trained.config.replace(encoding="latency", latency_period=4))
+    lat.initialize(trained.n_features_in_, trained.n_classes_)
+    nx.export_nir(lat, tmp_path / "lat.nir")
+    back = nx.import_nir(tmp_path / "lat.nir")
+    assert back.config.encoding == "latency" and back.config.latency_period == 4
+
+
+@needs_nir
 def test_nir_dt_argument_and_cli(trained, tmp_path):
     from spikeff.cli import main
     from spikeff.export import nir as nx

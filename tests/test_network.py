@@ -98,6 +98,28 @@ def test_latency_code_spikes_once_earlier_for_brighter():
     assert np.argmax(s[:, 2]) < np.argmax(s[:, 1])
 
 
+def test_latency_period_repeats_the_pattern():
+    x = np.array([[0.0, 0.5, 1.0]])
+    s = SpikeSource(x, "latency", 12, 1e-3, 500.0, seed=0, latency_period=4).all_steps()[:, 0]
+    assert s.sum(axis=0).tolist() == [0, 3, 3]
+    np.testing.assert_array_equal(s[:4], s[4:8])
+    np.testing.assert_array_equal(s[:4], s[8:])
+    assert np.flatnonzero(s[:4, 2]).tolist() == [0] and np.flatnonzero(s[:4, 1]).tolist() == [2]
+    # in chunks of any size: the same spikes
+    chunks = np.concatenate(list(SpikeSource(x, "latency", 12, 1e-3, 500.0, seed=0, latency_period=4).chunks(5)))
+    np.testing.assert_array_equal(chunks[:, 0], s)
+    once = SpikeSource(x, "latency", 12, 1e-3, 500.0, seed=0).all_steps()[:, 0]
+    assert once.sum(axis=0).tolist() == [0, 1, 1]
+
+
+def test_latency_period_config_is_checked():
+    from spikeff.config import ConfigError
+    with pytest.raises(ConfigError, match="latency_period"):
+        FFConfig(latency_period=-1)
+    with pytest.raises(ConfigError, match="latency_period"):
+        FFConfig(latency_period=2.5)
+
+
 def test_shared_noise_rows_see_same_image_spikes():
     x = np.random.default_rng(0).random((2, 8))
     rows = overlay_labels(np.repeat(x, 3, axis=0), np.tile(np.arange(3), 2), 3)

@@ -87,6 +87,7 @@ def to_nir(net, dt: float | None = None):
             "n_features": int(net.n_features_in_), "n_classes": int(net.n_classes_),
             "label_repeat": int(c.label_repeat), "label_intensity": float(c.label_intensity),
             "encoding": c.encoding, "max_rate_hz": float(c.max_rate), "goodness": c.goodness,
+            "latency_period": int(c.latency_period),
             "refractory_steps": int(lif.refractory_steps), "seed": int(c.seed)}
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta)
 
@@ -156,6 +157,7 @@ def import_nir(source, dt: float | None = None):
                       dtype="float64", learn_bias=any(np.any(b != 0) for b in biases), label_repeat=label_repeat,
                       label_intensity=float(meta.get("label_intensity", 1.0)),
                       encoding=str(meta.get("encoding", "rate")), max_rate=float(meta.get("max_rate_hz", 500.0)),
+                      latency_period=int(meta.get("latency_period", 0)),
                       goodness=str(meta.get("goodness", "energy_relu")), readout=False, seed=int(meta.get("seed", 0)), neuron=neuron)
     net = FFNetwork(config).initialize(n_features, n_classes)
     net.weights_ = [L["weight"].copy() for L in layers]

@@ -1,0 +1,67 @@
+"""The experiments in experiments/ run at their small size and write consistent results."""
+import json
+from pathlib import Path
+
+import matplotlib
+import pytest
+
+matplotlib.use("Agg")
+EXP = Path(__file__).resolve().parent.parent / "experiments"
+
+
+def _run(name, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(EXP))
+    mod = __import__(name)
+    out = mod.main(["--size", "small", "--out", str(tmp_path)])
+    res = json.loads((tmp_path / f"{name}.json").read_text())
+    assert (tmp_path / f"{name}.png").stat().st_size > 5000
+    assert res["command"] == f"python experiments/{name}.py --size small" and res["size"] == "small"
+    return out, res
+
+
+def _acc_ok(v):
+    return v is None or 0.0 <= v <= 1.0
+
+
+def test_goodness_functions(tmp_path, monkeypatch):
+    from spikeff.goodness import available_goodness
+    rows, res = _run("goodness_functions", tmp_path, monkeypatch)
+    assert [r["goodness"] for r in res["rows"]] == available_goodness()
+    for r in res["rows"]:
+        assert all(_acc_ok(r[k]) for k in ("acc_goodness", "acc_readout", "acc_spike_count"))
+        assert len(r["separation_goodness"]) == len(r["separation_spike_count"]) == 2
+    assert res["table"].count("\n") == len(res["rows"]) + 1
+
+
+def test_negative_strategies(tmp_path, monkeypatch):
+    rows, res = _run("negative_strategies", tmp_path, monkeypatch)
+    by = {r["negatives"]: r for r in res["rows"]}
+    assert by["hybrid (unsupervised)"]["acc_goodness"] is None
+    assert all(_acc_ok(r["acc_goodness"]) and _acc_ok(r["acc_readout"]) for r in rows)
+
+
+def test_sleep(tmp_path, monkeypatch):
+    rows, res = _run("sleep", tmp_path, monkeypatch)
+    assert [r["K"] for r in rows] == [0, 1, 4]
+    assert all(_acc_ok(r["accuracy"]) for r in rows)
+
+
+def test_time_and_encoding(tmp_path, monkeypatch):
+    rows, res = _run("time_and_encoding", tmp_path, monkeypatch)
+    assert {(r["encoding"], r["T"]) for r in rows} == {(e, T) for e in ("rate", "latency", "latency, period 5")
+                                                       for T in (10, 30)} | {("latency, recipe threshold 2.0", 30)}
+    rate = {r["T"]: r for r in rows if r["encoding"] == "rate"}
+    lat = {r["T"]: r for r in rows if r["encoding"] == "latency"}
+    assert rate[30]["input_spikes"] > 2 * rate[10]["input_spikes"]      # rate: spikes grow with T
+    assert lat[30]["input_spikes"] == pytest.approx(lat[10]["input_spikes"])   # latency: one per channel
+
+
+def test_activity_energy(tmp_path, monkeypatch):
+    totals, res = _run("activity_energy", tmp_path, monkeypatch)
+    first = res["neutral_pass"][0]
+    assert first["ann_macs"] == first["fan_in"] * first["neurons"]
+    assert first["sops"] == pytest.approx(first["pre_spikes"] * first["neurons"])
+    second = res["neutral_pass"][1]
+    assert second["pre_spikes"] == pytest.approx(first["spikes"])     # layer 2's input is layer 1's output
+    assert totals["goodness"]["passes"] == 10
+    assert totals["goodness"]["ann_macs"] == 10 * sum(r["ann_macs"] for r in res["label_pass"])
