@@ -226,18 +226,22 @@ class FFConfig:
         return cls(**flat)
 
 
-def load_config(path) -> FFConfig:
-    """Read an :class:`FFConfig` from a TOML file (see ``models/``)."""
+def read_toml(path, what: str = "file") -> dict:
+    """Parse a TOML file; a missing file or bad TOML gives a clear error naming the path."""
     try:
         import tomllib  # Python >= 3.11
     except ModuleNotFoundError:  # pragma: no cover - Python 3.10
         import tomli as tomllib
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"model config {path} does not exist (see models/ for examples)")
+        raise FileNotFoundError(f"{what} {path} does not exist")
     with open(path, "rb") as f:
         try:
-            d = tomllib.load(f)
+            return tomllib.load(f)
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    return FFConfig.from_dict(d)
+
+
+def load_config(path) -> FFConfig:
+    """Read an :class:`FFConfig` from a TOML file (see ``models/``)."""
+    return FFConfig.from_dict(read_toml(path, "model config"))

@@ -45,7 +45,7 @@ import traceback
 import uuid
 from pathlib import Path
 
-from .config import ConfigError, FFConfig, NeuronConfig
+from .config import ConfigError, FFConfig, NeuronConfig, read_toml
 
 SECTIONS = ("network", "encoding", "goodness", "training")
 TOP_KEYS = ("name", "config", "dataset", "data_path", "n_train", "n_test", "epochs", "seeds",
@@ -70,20 +70,6 @@ def _import_distributed():
 
 
 # -- reading and expanding a sweep file -------------------------------------------------------
-
-def _read_toml(path: Path) -> dict:
-    try:
-        import tomllib  # Python >= 3.11
-    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-        import tomli as tomllib
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    with open(path, "rb") as f:
-        try:
-            return tomllib.load(f)
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: not valid TOML: {e}") from None
-
 
 def _flatten(d: dict, prefix: str = "") -> dict:
     """{"neuron": {"tau_mem": x}} -> {"neuron.tau_mem": x} (TOML reads unquoted dotted keys as tables)."""
@@ -173,7 +159,7 @@ def load_sweep(spec) -> dict:
     sweep_dir = None
     if isinstance(spec, (str, Path)):
         path = Path(spec)
-        raw = _read_toml(path)
+        raw = read_toml(path, "sweep file")
         sweep_dir = path.resolve().parent
         raw.setdefault("name", path.stem)
     elif isinstance(spec, dict):
@@ -194,7 +180,7 @@ def load_sweep(spec) -> dict:
             raise SweepError(f"sweep: {k} must be an integer >= {0 if k == 'epochs' else 1}, got {v!r}")
     base = raw["config"]
     if isinstance(base, str):
-        base = _read_toml(_resolve_model(base, sweep_dir))
+        base = read_toml(_resolve_model(base, sweep_dir), "model config")
     elif not isinstance(base, dict):
         raise SweepError(f"sweep: config must be a path, a name in models/ or a table, got {base!r}")
     out["base"] = base
