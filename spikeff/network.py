@@ -248,34 +248,31 @@ class FFNetwork:
         c = self.config
         rng = np.random.default_rng(np.random.SeedSequence(seed + [0]))
         out = {}
-        feats = None
         src_neutral = (self._source(X, np.full(len(X), NEUTRAL), seed + [PHASE_IDS["neutral"]])
                        if self.readout_ is not None else None)
         # the phases are separate simulations from rest; those that need no result of another run
         # side by side as one batch (larger GEMMs, one time loop), each with its own input spikes
-        first = None
+        neutral_ng = None          # per-neuron goodness of the neutral-label pass: the readout's input
         readout_logits = None
         if src_neutral is not None and c.negatives == "readout_hard":
             neutral = self._run(src_neutral)      # the negatives depend on the readout's view
-            neutral_goodness = (neutral.goodness, neutral.neuron_goodness)
-            readout_logits = self.readout_.logits(readout_features(neutral_goodness[1]))
+            _check_finite_goodness(neutral.goodness, "neutral-label phase")
+            neutral_ng = neutral.neuron_goodness
+            readout_logits = self.readout_.logits(readout_features(neutral_ng))
         y_pos, X_neg, y_neg = self.negative_data(X, y, seed, rng, readout_logits)
         src_pos = self._source(X, y_pos, seed + [PHASE_IDS["positive"]])
         src_neg = self._source(X_neg, y_neg, seed + [PHASE_IDS["negative"]])
         both = ConcatSource([src_pos, src_neg])
-        if src_neutral is not None and c.negatives != "readout_hard":
-            first = ConcatSource([src_neutral, src_pos, src_neg])
-            res = self._run(first)
-            parts = [first.split(g) for g in res.goodness]
-            neutral_goodness = ([p[0] for p in parts], [first.split(g)[0] for g in res.neuron_goodness])
-            g_pos, g_neg = zip(*((p[1], p[2]) for p in parts))
-        else:
-            res = self._run(both)
-            g_pos, g_neg = zip(*(both.split(g) for g in res.goodness))
-        if src_neutral is not None:           # neutral-label pass: the readout's input
-            _check_finite_goodness(neutral_goodness[0], "neutral-label phase")
-            feats = readout_features(neutral_goodness[1])
-            out["readout_loss"] = self.readout_.step(feats, y)
+        with_neutral = src_neutral is not None and neutral_ng is None
+        first = ConcatSource([src_neutral, src_pos, src_neg]) if with_neutral else both
+        res = self._run(first)
+        parts = [first.split(g) for g in res.goodness]      # per layer: ([neutral,] positive, negative)
+        g_pos, g_neg = [p[-2] for p in parts], [p[-1] for p in parts]
+        if with_neutral:
+            _check_finite_goodness([p[0] for p in parts], "neutral-label phase")
+            neutral_ng = [first.split(g)[0] for g in res.neuron_goodness]
+        if neutral_ng is not None:
+            out["readout_loss"] = self.readout_.step(readout_features(neutral_ng), y)
             if not (np.isfinite(out["readout_loss"]) and np.all(np.isfinite(self.readout_.W))):
                 raise FloatingPointError("readout: loss or weights became non-finite (NaN/inf); "
                                          "lower readout_learning_rate")
