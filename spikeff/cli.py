@@ -248,19 +248,11 @@ def cmd_demo(args):
     if args.epochs is not None:
         config = config.replace(epochs=args.epochs)
     net, summary = train_run(config, "digits", out, progress=not args.no_progress)
-    from .data import load_digits_dataset
-    from .plot import plot_raster_phases
-    import matplotlib.pyplot as plt
-    d = load_digits_dataset()
-    x, y = d.X_test[:1], d.y_test[:1]
-    pos = net.simulate(x, labels=y, seed=1)
-    neg = net.simulate(x, labels=(y + 1) % net.n_classes_, seed=1)
-    for l in range(len(net.weights_)):
-        plt.close(plot_raster_phases(pos.record["spikes"][l][:, 0], neg.record["spikes"][l][:, 0],
-                                     dt=config.neuron.dt, title=f"layer {l + 1}, digit {y[0]}",
-                                     path=out / f"raster_layer{l + 1}.png"))
+    from .plot import make_run_figures
+    make_run_figures(out, n_samples=360)           # the whole digits test split
     print(f"spikeff demo: test accuracy {summary['test_acc']:.4f} ({config.predict_method}) after "
-          f"{len(net.history_)} epochs in {summary['elapsed_seconds']:.1f} s; figures and metrics in {out}/")
+          f"{len(net.history_)} epochs in {summary['elapsed_seconds']:.1f} s (readout "
+          f"{summary['test_acc_readout']:.4f}); metrics and model in {out}/, figures in {out}/figures/")
     return 0
 
 
@@ -351,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="train on the embedded digits and write plots",
                        description="Train models/digits.toml on scikit-learn's digits, evaluate on the "
-                                   "held-out split and write metrics, training curves and spike rasters.")
+                                   "held-out split and write metrics, the model and all figures of "
+                                   "'spikeff plot' (rasters, membrane traces, goodness, confusion matrix...).")
     d.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     d.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
