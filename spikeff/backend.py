@@ -26,10 +26,6 @@ def _compat():
         raise ImportError("non-numpy arrays need array-api-compat: pip install array-api-compat") from None
 
 
-def is_numpy(xp) -> bool:
-    return xp is np
-
-
 def namespace(*arrays):
     """The array namespace of ``arrays`` (None entries ignored): numpy itself for numpy arrays."""
     arrays = [a for a in arrays if a is not None]

@@ -289,9 +289,9 @@ def cmd_plot(args):
 
 
 def cmd_sweep(args):
-    from .sweep import run_sweep
+    from .sweep import STATUSES, run_sweep
     rows = run_sweep(args.sweep, args.out, scheduler=args.scheduler, n_workers=args.workers)
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "skipped", "failed")}
+    counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
     print(f"spikeff sweep: {len(rows)} runs: {counts['ok']} trained, {counts['skipped']} completed before, "
           f"{counts['failed']} failed; table in sweep.csv, sweep.json, plot in sweep.png")
     return 1 if counts["failed"] else 0

@@ -9,7 +9,6 @@ does not pay Brian2's import time; the Brian2 engine converts back with real Bri
 """
 from __future__ import annotations
 
-import math
 import re
 
 # dimension -> {unit symbol: factor to the internal unit}
@@ -45,18 +44,3 @@ def parse_quantity(value, dimension: str, name: str = "value") -> float:
     if unit not in units:
         raise ValueError(f"{name}: unit {unit!r} is not a {dimension} unit; use one of {sorted(units)}")
     return number * units[unit]
-
-
-def format_quantity(value: float, dimension: str) -> str:
-    """Inverse of :func:`parse_quantity` for the common display unit (ms, mV, Hz)."""
-    if dimension == "time":
-        return f"{value * 1e3:g} ms"
-    if dimension == "voltage":
-        return f"{value:g} mV"
-    if dimension == "rate":
-        return f"{value:g} Hz"
-    raise ValueError(dimension)
-
-
-def is_finite(x: float) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
