@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from spikeff import FFNetwork, load_config  # noqa: E402
-from spikeff.cli import _environment, _write_json  # noqa: E402
+from spikeff.runs import environment as _environment, write_json as _write_json  # noqa: E402
 from spikeff.data import load_dataset  # noqa: E402
 
 

@@ -199,11 +199,9 @@ def bench_brian2(log=print) -> dict:
 
 
 def environment() -> dict:
-    from .cli import _environment
-    env = _environment()
-    env.update({"cpu_count": os.cpu_count(), "load_average_at_start": list(os.getloadavg()),
-                "openblas_env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
-                                                               "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}})
+    from .runs import environment as run_environment, git_commit
+    env = run_environment()
+    env.update({"load_average_at_start": list(os.getloadavg()), "git": git_commit()})
     return env
 
 
@@ -232,8 +230,7 @@ def run_bench(quick: bool = False, out=None, shared_machine: bool = True, log=pr
     result["elapsed_s"] = time.perf_counter() - t_start
     log(f"spikeff bench: done in {result['elapsed_s']:.0f} s")
     if out:
-        from .io import atomic_write_bytes
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(Path(out), (json.dumps(result, indent=2) + "\n").encode())
+        from .runs import write_json
+        write_json(out, result)
         log(f"spikeff bench: wrote {out}")
     return result

@@ -5,38 +5,26 @@ Run ``spikeff COMMAND --help`` for the options of each command.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
-import os
-import platform
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
-import numpy as np
-
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-
-
-def _resolve_config_path(name: str) -> Path:
-    p = Path(name)
-    if p.is_file():
-        return p
-    for cand in (MODELS_DIR / name, MODELS_DIR / f"{name}.toml"):
-        if cand.is_file():
-            return cand
-    raise FileNotFoundError(f"model config {name!r} not found (give a path, or a name in {MODELS_DIR})")
-
-
-def _write_json(path: Path, obj):
-    from .io import atomic_write_bytes
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+from .runs import (VAL_FRACTION, ThreadSettings, check_data_matches, load_run, resolve_config_path,
+                   train_run, write_json)
 
 
 class UsageError(ValueError):
     """Command-line options that cannot be used together."""
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {value}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -49,159 +37,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
-@contextlib.contextmanager
-def _sigint_deferred():
-    """Hold Ctrl-C while a checkpoint and its metrics are written (raised right after), so that
-    model.npz and metrics.json always describe the same completed epoch."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGINT)     # not always Python's default (Brian2 sets its own)
-    caught = []
-    signal.signal(signal.SIGINT, lambda *a: caught.append(a))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if caught:
-        raise KeyboardInterrupt
-
-
-def _check_data_matches(net, data, model_path):
-    from .data import DataError
-    if data.X_train.shape[1] != net.n_features_in_ or data.n_classes != net.n_classes_:
-        raise DataError(f"{model_path}: the network was built for {net.n_features_in_} inputs and "
-                        f"{net.n_classes_} classes, but data set {data.name} has {data.X_train.shape[1]} "
-                        f"inputs and {data.n_classes} classes")
-
-
-def _load_resume(run_dir: Path):
-    """The network (config, weights, optimizer state, history) and the run's summary, from
-    ``run_dir/model.npz`` and ``run_dir/metrics.json``."""
-    from .io import CheckpointError
-    from .network import FFNetwork
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"--resume {run_dir}: no such run directory")
-    net = FFNetwork.load(run_dir / "model.npz")
-    try:
-        summary = json.loads((run_dir / "metrics.json").read_text())
-        summary["data_args"]["dataset"]
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{run_dir}/metrics.json: missing; it names the data set to resume on") from None
-    except (ValueError, KeyError, TypeError):
-        raise CheckpointError(f"{run_dir}/metrics.json: corrupt, or written by a spikeff without "
-                              "resume information (data_args)") from None
-    return net, summary
-
-
-def _environment() -> dict:
-    env = {"python": platform.python_version(), "numpy": np.__version__, "machine": platform.machine(),
-           "cpus": os.cpu_count()}
-    if hasattr(os, "getloadavg"):
-        env["load_average_1min_at_start"] = round(os.getloadavg()[0], 2)   # other work on the machine
-    try:
-        from threadpoolctl import threadpool_info
-        env["blas"] = [{k: i.get(k) for k in ("internal_api", "version", "architecture", "num_threads")}
-                       for i in threadpool_info() if i.get("user_api") == "blas"]
-    except Exception:  # pragma: no cover
-        pass
-    return env
-
-
-def train_run(config, dataset, out_dir: Path, epochs=None, progress=True, n_train=None, n_test=None,
-              data_path=None, command=None, plots=True, log=print, resume=None):
-    """Train on a data set, writing ``metrics.json``, ``model.npz`` (after every epoch) and plots
-    into ``out_dir``. Returns (network, summary dict). Used by ``train`` and ``demo``.
-
-    ``resume``: (network, summary) from :func:`_load_resume`; training continues from the
-    network's last completed epoch and gives the same weights as an uninterrupted run.
-    On Ctrl-C the checkpoint of the last completed epoch stays in ``out_dir`` (the write of a
-    checkpoint is never cut in half) and KeyboardInterrupt is re-raised after a message."""
-    from .data import load_dataset
-    from .network import FFNetwork
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    data = load_dataset(dataset, data_path)
-    if n_train or n_test:
-        data = data.subset(n_train, n_test, seed=config.seed)
-    log(f"spikeff: {data.name}: {len(data.X_train)} train / {len(data.X_test)} test samples; "
-        f"network {data.X_train.shape[1]}+{data.n_classes * config.label_repeat} -> "
-        f"{' -> '.join(map(str, config.hidden_sizes))} LIF, T = {config.n_steps} steps, "
-        f"engine {config.engine}, {config.dtype}")
-    summary = {"command": command or " ".join(sys.argv), "dataset": data.name,
-               "n_train": len(data.X_train), "n_test": len(data.X_test), "config": config.to_dict(),
-               "environment": _environment(), "epochs": [],
-               "data_args": {"dataset": dataset, "n_train": n_train, "n_test": n_test,
-                             "data_path": None if data_path is None else str(data_path)}}
-    elapsed_before = 0.0
-    if resume is not None:
-        net, old = resume
-        _check_data_matches(net, data, out_dir / "model.npz")
-        elapsed_before = float(old.get("elapsed_seconds") or 0.0)
-        summary["resumed"] = old.get("resumed", []) + [{"command": summary["command"],
-                                                        "from_epoch": net.epochs_done_}]
-        summary["command"] = old.get("command", summary["command"])
-    t_start = time.perf_counter()
-    saved = {"epoch": None}
-
-    def on_epoch(net, m):
-        summary["epochs"] = net.history_
-        summary["elapsed_seconds"] = elapsed_before + time.perf_counter() - t_start
-        with _sigint_deferred():
-            net.save(out_dir / "model.npz")
-            _write_json(out_dir / "metrics.json", summary)
-            saved["epoch"] = net.epochs_done_      # before a held Ctrl-C is raised
-        log(f"epoch {m['epoch']:3d}: FF loss {' '.join(f'{x:.3f}' for x in m['ff_loss'])} | "
-            f"test acc goodness {m.get('test_acc_goodness', float('nan')):.4f}"
-            + (f", readout {m['test_acc_readout']:.4f}" if m.get("test_acc_readout") is not None else "")
-            + f" | {m['samples_per_s']:.0f} samples/s")
-
-    try:
-        if resume is None:
-            net = FFNetwork(config)
-            net.fit(data.X_train, data.y_train, data.X_test, data.y_test, epochs=epochs, progress=progress,
-                    callback=on_epoch, n_classes=data.n_classes)
-        else:
-            net.config = config
-            net.continue_fit(data.X_train, data.y_train, data.X_test, data.y_test, epochs=epochs,
-                             progress=progress, callback=on_epoch)
-    except KeyboardInterrupt:
-        done = saved["epoch"] if saved["epoch"] is not None else (resume[0].epochs_done_ if resume else None)
-        if done:
-            print(f"spikeff: interrupted; {out_dir}/model.npz holds epoch {done} (the last completed one). "
-                  f"Resume with: spikeff train --resume {out_dir}", file=sys.stderr)
-        else:
-            print("spikeff: interrupted before the first epoch finished; no checkpoint was written",
-                  file=sys.stderr)
-        raise
-    except FloatingPointError as e:
-        if saved["epoch"]:
-            raise FloatingPointError(f"{e}; {out_dir}/model.npz still holds the last good epoch "
-                                     f"({saved['epoch']})") from None
-        raise
-    final = net.history_[-1] if net.history_ else {}
-    summary.update({"test_acc": final.get("test_acc"), "test_acc_goodness": final.get("test_acc_goodness"),
-                    "test_acc_readout": final.get("test_acc_readout"),
-                    "elapsed_seconds": elapsed_before + time.perf_counter() - t_start, "epochs": net.history_})
-    _write_json(out_dir / "metrics.json", summary)
-    if plots and net.history_:
-        from .plot import plot_training_curves
-        import matplotlib.pyplot as plt
-        plt.close(plot_training_curves(net.history_, path=out_dir / "training_curves.png"))
-    return net, summary
-
-
 def cmd_train(args):
     from .config import load_config
+    threads = None
+    if args.threads is not None:
+        threads = ThreadSettings(blas=args.threads, engine=args.threads)
     if args.resume is not None:
-        fixed = [f"--{k.replace('_', '-')}" for k in ("config", "dataset", "seed", "engine", "n_train", "n_test")
+        fixed = [f"--{k.replace('_', '-')}" for k in ("config", "dataset", "seed", "engine", "n_train", "n_test",
+                                                     "val_fraction", "threads")
                  if getattr(args, k) is not None]
         if fixed:
             raise UsageError(f"--resume takes {', '.join(fixed)} from the run directory; leave "
                              f"{'it' if len(fixed) == 1 else 'them'} out (only --epochs, --data-path and "
                              "--no-progress may be given)")
-        net, summary = _load_resume(Path(args.resume))
+        net, summary = load_run(Path(args.resume))
         config = net.config if args.epochs is None else net.config.replace(epochs=args.epochs)
         da = summary["data_args"]
         out = Path(args.resume)
@@ -209,13 +58,15 @@ def cmd_train(args):
                   n_test=da.get("n_test"), data_path=args.data_path or da.get("data_path"),
                   resume=(net, summary))
     else:
-        config = load_config(_resolve_config_path(args.config or "digits"))
+        config = load_config(resolve_config_path(args.config or "digits"))
         changes = {k: v for k, v in (("seed", args.seed), ("engine", args.engine), ("epochs", args.epochs))
                    if v is not None}
         config = config.replace(**changes) if changes else config
         out = Path(args.out)
         train_run(config, args.dataset or "digits", out, progress=not args.no_progress,
-                  n_train=args.n_train, n_test=args.n_test, data_path=args.data_path)
+                  n_train=args.n_train, n_test=args.n_test, data_path=args.data_path,
+                  val_fraction=VAL_FRACTION if args.val_fraction is None else args.val_fraction,
+                  threads=threads)
     print(f"spikeff: wrote {out}/metrics.json, model.npz, training_curves.png")
     return 0
 
@@ -225,7 +76,7 @@ def cmd_eval(args):
     from .network import FFNetwork
     net = FFNetwork.load(args.model)
     data = load_dataset(args.dataset, args.data_path)
-    _check_data_matches(net, data, args.model)
+    check_data_matches(net, data, args.model)
     X, y = data.X_test, data.y_test
     if args.n_test:
         X, y = X[:args.n_test], y[:args.n_test]
@@ -237,22 +88,23 @@ def cmd_eval(args):
         res[f"seconds_{m}"] = time.perf_counter() - t0
         print(f"{data.name} test accuracy ({m}): {res[f'test_acc_{m}']:.4f} on {len(X)} samples")
     if args.out:
-        _write_json(Path(args.out), res)
+        write_json(Path(args.out), res)
     return 0
 
 
 def cmd_demo(args):
     from .config import load_config
     out = Path(args.out)
-    config = load_config(_resolve_config_path("digits"))
+    config = load_config(resolve_config_path("digits"))
     if args.epochs is not None:
         config = config.replace(epochs=args.epochs)
     net, summary = train_run(config, "digits", out, progress=not args.no_progress)
     from .plot import make_run_figures
     make_run_figures(out, n_samples=360)           # the whole digits test split
-    print(f"spikeff demo: test accuracy {summary['test_acc']:.4f} ({config.predict_method}) after "
-          f"{len(net.history_)} epochs in {summary['elapsed_seconds']:.1f} s (readout "
-          f"{summary['test_acc_readout']:.4f}); metrics and model in {out}/, figures in {out}/figures/")
+    print(f"spikeff demo: test accuracy {summary['test_acc']:.4f} ({config.predict_method}; validation "
+          f"{summary['val_acc']:.4f}) after {len(net.history_)} epochs in {summary['elapsed_seconds']:.1f} s "
+          f"(readout: test {summary['test_acc_readout']:.4f}, validation {summary['val_acc_readout']:.4f}); "
+          f"metrics and model in {out}/, figures in {out}/figures/")
     return 0
 
 
@@ -273,7 +125,7 @@ def cmd_export(args):
         X_calib = load_dataset(args.calib_dataset, args.data_path).X_train[:args.n_calib]
     report = export_lava(net, out, X_calib=X_calib, headroom=args.headroom)
     report_path = out.with_suffix(".quantization.json")
-    _write_json(report_path, report)
+    write_json(report_path, report)
     for l, info in enumerate(report["layers"]):
         print(f"layer {l}: weight_exp {info['weight_exp']}, vth {info['vth']}, {info['scale_int_per_mV']:.0f} "
               f"units/mV, {info['weights_clipped']} weights clipped, du {info['du']}, dv {info['dv']}")
@@ -323,6 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "target from $SPIKEFF_BRIAN2_TARGET=numpy|cython)")
     t.add_argument("--n-train", type=_positive_int, default=None, help="use a random subset of the training set")
     t.add_argument("--n-test", type=_positive_int, default=None, help="use a random subset of the test set")
+    t.add_argument("--val-fraction", type=_fraction, default=None,
+                   help=f"share of the training set held out (stratified, seeded by the config's seed) for "
+                        f"per-epoch validation; the test set is evaluated once, at the end "
+                        f"(default: {VAL_FRACTION}; 0: no validation split)")
+    t.add_argument("--threads", type=_positive_int, default=None,
+                   help="BLAS and engine threads, pinned while training and recorded in the run; float "
+                        "results depend on the BLAS thread count (default: $SPIKEFF_NUM_THREADS or the "
+                        "usable CPUs, at most 8)")
     t.add_argument("--out", default="runs/train", help="output directory (default: runs/train)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--resume", default=None, metavar="RUN_DIR",

@@ -82,6 +82,26 @@ class Dataset:
         return Dataset(self.name, self.X_train[tr], self.y_train[tr], self.X_test[te], self.y_test[te],
                        self.n_classes, self.image_shape)
 
+    def split_validation(self, fraction: float = 0.1, seed: int = 0):
+        """``(train, validation)``: a stratified random ``fraction`` of the training set held out for
+        monitoring and tuning (the test set is untouched). ``train`` is a Dataset whose X_train no
+        longer holds the validation samples; ``validation`` is ``(X_val, y_val)``."""
+        if not (isinstance(fraction, (int, float)) and 0 < fraction < 1):
+            raise DataError(f"val_fraction: must lie strictly between 0 and 1, got {fraction!r}")
+        from sklearn.model_selection import train_test_split
+        idx = np.arange(len(self.X_train))
+        counts = np.bincount(self.y_train)
+        strat = self.y_train if counts[counts > 0].min() >= 2 and \
+            round(fraction * len(idx)) >= np.count_nonzero(counts) else None
+        try:
+            tr, va = train_test_split(idx, test_size=fraction, random_state=seed, stratify=strat)
+        except ValueError as e:
+            raise DataError(f"val_fraction: cannot hold out {fraction} of {len(idx)} training samples: {e}") from None
+        tr, va = np.sort(tr), np.sort(va)
+        train = Dataset(self.name, self.X_train[tr], self.y_train[tr], self.X_test, self.y_test,
+                        self.n_classes, self.image_shape)
+        return train, (self.X_train[va], self.y_train[va])
+
 
 def load_digits_dataset(test_size: float = 0.2, seed: int = 0) -> Dataset:
     from sklearn.datasets import load_digits

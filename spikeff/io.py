@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .backend import like as backend_like, to_numpy
+from .runs import ThreadSettings, blas_kernel
 
 FORMAT = "spikeff-network"
 FORMAT_VERSION = 1
@@ -81,6 +82,8 @@ def save_network(net, path):
     meta = {"format": FORMAT, "version": FORMAT_VERSION, "config": net.config.to_dict(),
             "n_features_in": net.n_features_in_, "n_classes": net.n_classes_,
             "epochs_done": net.epochs_done_, "history": net.history_,
+            "threads": net.threads_.to_dict() if getattr(net, "threads_", None) is not None else None,
+            "blas_kernel": blas_kernel(),
             "checksum": _checksum(arrays)}
     buf = io.BytesIO()
     np.savez(buf, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
@@ -160,5 +163,12 @@ def load_network(path):
         net.readout_.opt.load_state_dict(opt_state(net.readout_.opt, lambda i: f"readout_opt_{i}",
                                                    lambda i: f"readout_opt_{i + n}", "readout_opt_t"))
     net.epochs_done_ = int(meta["epochs_done"])
+    net.threads_recorded_ = meta.get("threads")        # None: written before threads were recorded
+    net.blas_kernel_ = meta.get("blas_kernel")
+    if net.threads_recorded_ is not None:
+        try:
+            net.threads_ = ThreadSettings.from_dict(net.threads_recorded_)
+        except ValueError as e:
+            raise CheckpointError(f"{path}: checkpoint metadata {e}") from None
     net.history_ = list(meta["history"])
     return net

@@ -95,6 +95,8 @@ class FFNetwork:
                          if c.readout else None)
         self.epochs_done_ = 0
         self.history_ = []
+        from .runs import ThreadSettings
+        self.threads_ = ThreadSettings.default()
         return self
 
     # -- simulation ---------------------------------------------------------------------------
@@ -292,18 +294,22 @@ class FFNetwork:
                    g_neg=[float(g.mean()) for g in g_neg])
         return out
 
-    def train_epoch(self, X, y, epoch: int, progress: bool = False) -> dict:
-        """One pass over (X, y) in shuffled batches. Returns the epoch's training metrics."""
+    def train_epoch(self, X, y, epoch: int, progress: bool = False, n_epochs: int | None = None) -> dict:
+        """One pass over (X, y) in shuffled batches. Returns the epoch's training metrics.
+
+        ``n_epochs``: the length of the learning-rate schedule (default: ``config.epochs``);
+        :meth:`continue_fit` passes the number of epochs it trains to."""
         c = self.config
+        n_epochs = c.epochs if n_epochs is None else n_epochs
         rng = np.random.default_rng(np.random.SeedSequence([c.seed, 1, epoch]))
         order = rng.permutation(len(X))
         for opt in self.optimizers_:
-            opt.lr = c.learning_rate * lr_factor(c.lr_schedule, epoch, c.epochs)
+            opt.lr = c.learning_rate * lr_factor(c.lr_schedule, epoch, n_epochs)
         batches = [order[i:i + c.batch_size] for i in range(0, len(X), c.batch_size)]
         it = batches
         if progress:
             from tqdm.auto import tqdm
-            it = tqdm(batches, desc=f"epoch {epoch + 1}/{c.epochs}", unit="batch", leave=False)
+            it = tqdm(batches, desc=f"epoch {epoch + 1}/{n_epochs}", unit="batch", leave=False)
         L = len(self.weights_)
         acc = {"loss": np.zeros(L), "g_pos": np.zeros(L), "g_neg": np.zeros(L), "readout_loss": 0.0}
         t0 = time.perf_counter()
@@ -325,12 +331,15 @@ class FFNetwork:
                 "train_seconds": seconds, "samples_per_s": len(X) / seconds}
 
     def fit(self, X, y, X_val=None, y_val=None, epochs: int | None = None, progress: bool = False,
-            callback=None, n_classes: int | None = None, val_methods=None):
+            callback=None, n_classes: int | None = None, val_methods=None, threads=None):
         """Train from scratch for ``epochs`` (default: config.epochs). Returns self.
 
-        After each epoch, metrics (and accuracies on the validation set when given, for each of
-        ``val_methods``, default: goodness and readout) are appended to ``history_`` and
-        ``callback(self, metrics)`` is called.
+        ``(X_val, y_val)``: a validation split (never the test set): after each epoch its accuracy
+        by each of ``val_methods`` (default: goodness and readout) is recorded as ``val_acc_METHOD``
+        in the epoch's metrics, which are appended to ``history_``; ``callback(self, metrics)`` is
+        then called. ``threads``: a :class:`spikeff.runs.ThreadSettings` (default: the usable CPUs)
+        pinned during training and kept in ``threads_`` (saved with the model) so that a resumed or
+        repeated run uses the same BLAS thread count, on which float results depend.
         """
         X, y = check_Xy(X, y)
         if n_classes is not None and (not isinstance(n_classes, (int, np.integer)) or n_classes <= y.max()):
@@ -340,12 +349,16 @@ class FFNetwork:
         if n_classes < 2:
             raise DataError("y: need at least 2 classes to train a Forward-Forward network")
         self.initialize(X.shape[1], n_classes)
+        if threads is not None:
+            self.threads_ = threads
         return self.continue_fit(X, y, X_val, y_val, epochs=epochs, progress=progress, callback=callback,
                                  val_methods=val_methods)
 
     def continue_fit(self, X, y, X_val=None, y_val=None, epochs=None, progress=False, callback=None,
                      val_methods=None):
-        """Train a fitted network further (epochs count on from ``epochs_done_``)."""
+        """Train a fitted network further (epochs count on from ``epochs_done_``), with the BLAS and
+        engine threads pinned to ``threads_``. The learning-rate schedule spans ``epochs``."""
+        from .runs import pinned_threads
         self._check_fitted()
         X, y = check_Xy(X, y, self.n_features_in_, self.n_classes_)
         if X_val is not None:
@@ -354,25 +367,27 @@ class FFNetwork:
         if val_methods is None:
             val_methods = ((["goodness"] if self.config.negatives != "hybrid" else [])
                            + (["readout"] if self.readout_ is not None else []))
-        while self.epochs_done_ < epochs:
-            m = self.train_epoch(X, y, self.epochs_done_, progress=progress)
-            if self.epochs_done_ + 1 == epochs and self.readout_ is not None and self.config.readout_final_epochs:
-                t0 = time.perf_counter()
-                m["readout_final_loss"] = self.fit_readout(X, y, self.config.readout_final_epochs)
-                m["readout_final_seconds"] = time.perf_counter() - t0
-            if X_val is not None:
-                t0 = time.perf_counter()
-                try:
-                    for method in val_methods:
-                        m[f"test_acc_{method}"] = self.score(X_val, y_val, method)
-                except FloatingPointError as e:
-                    raise FloatingPointError(f"epoch {self.epochs_done_ + 1}, validation: {e}") from None
-                m["test_acc"] = m.get(f"test_acc_{self.config.predict_method}")
-                m["eval_seconds"] = time.perf_counter() - t0
-            self.epochs_done_ += 1
-            self.history_.append(m)
-            if callback is not None:
-                callback(self, m)
+        with pinned_threads(self.threads_):
+            while self.epochs_done_ < epochs:
+                m = self.train_epoch(X, y, self.epochs_done_, progress=progress, n_epochs=epochs)
+                if (self.epochs_done_ + 1 == epochs and self.readout_ is not None
+                        and self.config.readout_final_epochs):
+                    t0 = time.perf_counter()
+                    m["readout_final_loss"] = self.fit_readout(X, y, self.config.readout_final_epochs)
+                    m["readout_final_seconds"] = time.perf_counter() - t0
+                if X_val is not None:
+                    t0 = time.perf_counter()
+                    try:
+                        for method in val_methods:
+                            m[f"val_acc_{method}"] = self.score(X_val, y_val, method)
+                    except FloatingPointError as e:
+                        raise FloatingPointError(f"epoch {self.epochs_done_ + 1}, validation: {e}") from None
+                    m["val_acc"] = m.get(f"val_acc_{self.config.predict_method}")
+                    m["eval_seconds"] = time.perf_counter() - t0
+                self.epochs_done_ += 1
+                self.history_.append(m)
+                if callback is not None:
+                    callback(self, m)
         return self
 
     def fit_readout(self, X, y, epochs: int = 5, batch_size: int = 256) -> float:

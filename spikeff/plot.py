@@ -26,7 +26,8 @@ def plot_training_curves(history: list, path=None):
     plt = _mpl()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     ep = [m["epoch"] for m in history]
-    for key, label in (("test_acc_goodness", "test (goodness)"), ("test_acc_readout", "test (readout)"),
+    for key, label in (("val_acc_goodness", "validation (goodness)"), ("val_acc_readout", "validation (readout)"),
+                       ("test_acc_goodness", "test (goodness)"), ("test_acc_readout", "test (readout)"),
                        ("train_acc", "train")):
         vals = [m.get(key) for m in history]
         if any(v is not None for v in vals):

@@ -24,7 +24,7 @@ to vary and the seeds::
 Keys are config fields (``loss_sharpness``), neuron fields (``neuron.tau_mem``) or fields qualified
 by their TOML section (``training.learning_rate``); values are written as in ``models/*.toml``.
 
-Each run trains with :func:`spikeff.cli.train_run` into ``OUT/runs/NAME/`` (NAME derived from its
+Each run trains with :func:`spikeff.runs.train_run` into ``OUT/runs/NAME/`` (NAME derived from its
 parameters and seed) and marks its ``metrics.json`` ``"completed": true`` at the end; a later
 invocation skips completed runs whose config is unchanged. A run that fails is recorded with its
 error and does not stop the others. The results are collected in ``OUT/sweep.csv``,
@@ -46,13 +46,14 @@ import uuid
 from pathlib import Path
 
 from .config import ConfigError, FFConfig, NeuronConfig, read_toml
+from .runs import VAL_FRACTION, resolve_config_path, write_json
 
 SECTIONS = ("network", "encoding", "goodness", "training")
 TOP_KEYS = ("name", "config", "dataset", "data_path", "n_train", "n_test", "epochs", "seeds",
-            "overrides", "grid", "variants")
+            "overrides", "grid", "variants", "val_fraction", "threads")
 STATUSES = ("ok", "skipped", "failed")
-RESULT_COLUMNS = ("status", "test_acc", "test_acc_goodness", "test_acc_readout", "seconds", "error",
-                  "run_dir")
+RESULT_COLUMNS = ("status", "val_acc", "val_acc_goodness", "val_acc_readout", "test_acc", "test_acc_goodness",
+                  "test_acc_readout", "seconds", "error", "run_dir")
 _PLOT_LOCK = threading.Lock()  # pyplot is not thread-safe; workers may be threads of one process
 
 
@@ -129,10 +130,9 @@ def _apply(base: dict, changes: dict) -> dict:
 
 
 def _resolve_model(name: str, sweep_dir: Path | None) -> Path:
-    from .cli import _resolve_config_path
     if sweep_dir is not None and (sweep_dir / name).is_file():
         return sweep_dir / name
-    return _resolve_config_path(name)
+    return resolve_config_path(name)
 
 
 def _fmt_value(v) -> str:
@@ -173,7 +173,14 @@ def load_sweep(spec) -> dict:
         raise SweepError("sweep: 'config' (the base model config, a path or a name in models/) is required")
     out = {"name": str(raw.get("name", "sweep")), "dataset": raw.get("dataset", "digits"),
            "data_path": raw.get("data_path"), "n_train": raw.get("n_train"), "n_test": raw.get("n_test"),
-           "epochs": raw.get("epochs")}
+           "epochs": raw.get("epochs"), "val_fraction": raw.get("val_fraction", VAL_FRACTION),
+           "threads": raw.get("threads", 1)}
+    vf = out["val_fraction"]
+    if not (isinstance(vf, (int, float)) and not isinstance(vf, bool) and 0 <= vf < 1):
+        raise SweepError(f"sweep: val_fraction must be a number in [0, 1), got {vf!r}")
+    th = out["threads"]
+    if not (isinstance(th, int) and not isinstance(th, bool) and th >= 1):
+        raise SweepError(f"sweep: threads must be an integer >= 1, got {th!r}")
     for k in ("n_train", "n_test", "epochs"):
         v = out[k]
         if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v >= (0 if k == "epochs" else 1)):
@@ -255,7 +262,8 @@ def _json_roundtrip(obj):
 def _record(spec: dict, run: dict) -> dict:
     """What identifies a run's result: compared with ``metrics.json`` to decide whether to skip it."""
     return _json_roundtrip({"name": run["name"], "params": run["params"], "seed": run["seed"],
-                            "dataset": spec["dataset"], "n_train": spec["n_train"], "n_test": spec["n_test"]})
+                            "dataset": spec["dataset"], "n_train": spec["n_train"], "n_test": spec["n_test"],
+                            "val_fraction": spec["val_fraction"], "threads": spec["threads"]})
 
 
 def _completed(run_dir: Path, record: dict, config: FFConfig):
@@ -272,19 +280,19 @@ def _completed(run_dir: Path, record: dict, config: FFConfig):
 def _row(run: dict, status: str, metrics: dict | None = None, seconds=None, error="", run_dir="") -> dict:
     metrics = metrics or {}
     return {"run": run["name"], **run["params"], "seed": run["seed"], "status": status,
-            "test_acc": metrics.get("test_acc"), "test_acc_goodness": metrics.get("test_acc_goodness"),
+            "val_acc": metrics.get("val_acc"), "val_acc_goodness": metrics.get("val_acc_goodness"),
+            "val_acc_readout": metrics.get("val_acc_readout"), "test_acc": metrics.get("test_acc"), "test_acc_goodness": metrics.get("test_acc_goodness"),
             "test_acc_readout": metrics.get("test_acc_readout"), "seconds": seconds, "error": error,
             "run_dir": run_dir}
 
 
 def _write_error(run_dir: Path, error: str, tb: str = ""):
-    from .cli import _write_json
-    _write_json(run_dir / "error.json", {"error": error, "traceback": tb})
+    write_json(run_dir / "error.json", {"error": error, "traceback": tb})
 
 
 def train_one(task: dict) -> dict:
     """Train one run of a sweep (executed on a dask worker). Never raises: failures become a row."""
-    from .cli import _write_json, train_run
+    from .runs import ThreadSettings, train_run
     run, run_dir = task["run"], Path(task["run_dir"])
     t0 = time.perf_counter()
     try:
@@ -295,7 +303,9 @@ def train_one(task: dict) -> dict:
                 print(msg, file=logf, flush=True)
             net, summary = train_run(run["config"], task["dataset"], run_dir, progress=False,
                                      n_train=task["n_train"], n_test=task["n_test"], data_path=task["data_path"],
-                                     command=f"spikeff sweep {task['sweep']} ({run['name']})", plots=False, log=log)
+                                     command=f"spikeff sweep {task['sweep']} ({run['name']})", plots=False, log=log,
+                                     val_fraction=task["val_fraction"],
+                                     threads=ThreadSettings(blas=task["threads"], engine=task["threads"]))
         if net.history_:
             from .plot import plot_training_curves
             with _PLOT_LOCK:
@@ -303,7 +313,7 @@ def train_one(task: dict) -> dict:
                 plt.close(plot_training_curves(net.history_, path=run_dir / "training_curves.png"))
         seconds = time.perf_counter() - t0
         summary.update({"sweep": task["record"], "sweep_seconds": seconds, "completed": True})
-        _write_json(run_dir / "metrics.json", summary)
+        write_json(run_dir / "metrics.json", summary)
         return _row(run, "ok", summary, seconds, run_dir=task["rel_dir"])
     except Exception as e:  # noqa: BLE001 - a failed run is a result, not the end of the sweep
         error = f"{type(e).__name__}: {e}"
@@ -330,7 +340,6 @@ def _csv_value(v):
 
 def write_table(rows: list, param_keys: list, out_dir: Path):
     """Write ``sweep.csv`` and ``sweep.json`` (one row per run)."""
-    from .cli import _write_json
     from .io import atomic_write_bytes
     cols = _columns(param_keys)
     buf = io.StringIO()
@@ -339,10 +348,10 @@ def write_table(rows: list, param_keys: list, out_dir: Path):
     for r in rows:
         w.writerow({c: _csv_value(r.get(c)) for c in cols})
     atomic_write_bytes(out_dir / "sweep.csv", buf.getvalue().encode())
-    _write_json(out_dir / "sweep.json", {"columns": cols, "rows": rows})
+    write_json(out_dir / "sweep.json", {"columns": cols, "rows": rows})
 
 
-def plot_sweep(rows: list, param_keys: list, path=None, metric: str = "test_acc"):
+def plot_sweep(rows: list, param_keys: list, path=None, metric: str = "val_acc"):
     """Accuracy against the first swept parameter: mean and standard deviation over seeds, one line
     per combination of the other parameters; the single seeds as dots. Returns the figure."""
     from matplotlib.figure import Figure  # no pyplot: safe outside the main thread
@@ -406,7 +415,7 @@ def run_sweep(sweep, out_dir=None, scheduler=None, n_workers: int = 2, processes
               log=print) -> list:
     """Run a sweep (a TOML path or a dict, see the module docstring) and return its table: one dict
     per run with the swept parameters, ``seed``, ``status`` ("ok", "skipped": completed by an earlier
-    invocation, "failed"), test accuracies, ``seconds``, ``error`` and ``run_dir``.
+    invocation, "failed"), validation and test accuracies, ``seconds``, ``error`` and ``run_dir``.
 
     ``scheduler``: None starts a ``LocalCluster`` of ``n_workers`` single-threaded workers
     (``processes=False``: threads of this process); an address (``"tcp://host:8786"``) or a
@@ -436,7 +445,8 @@ def run_sweep(sweep, out_dir=None, scheduler=None, n_workers: int = 2, processes
             continue
         tasks.append({"run": run, "run_dir": str(run_dir.resolve()), "rel_dir": rel_dir, "record": record,
                       "sweep": spec["name"], "dataset": spec["dataset"], "n_train": spec["n_train"],
-                      "n_test": spec["n_test"], "data_path": spec["data_path"]})
+                      "n_test": spec["n_test"], "data_path": spec["data_path"],
+                      "val_fraction": spec["val_fraction"], "threads": spec["threads"]})
     log(f"spikeff sweep {spec['name']}: {len(runs)} runs ({len(tasks)} to train, "
         f"{sum(r['status'] == 'skipped' for r in rows.values())} completed before, "
         f"{sum(r['status'] == 'failed' for r in rows.values())} invalid) -> {out_dir}")
@@ -457,8 +467,8 @@ def run_sweep(sweep, out_dir=None, scheduler=None, n_workers: int = 2, processes
                 except Exception as e:  # the task itself died (worker lost, unpicklable, ...)
                     row = _row(t["run"], "failed", error=f"{type(e).__name__}: {e}", run_dir=t["rel_dir"])
                 rows[row["run"]] = row
-                acc = row["test_acc"]
-                log(f"  {row['status']:7s} {row['run']}" + (f"  test acc {acc:.4f}" if acc is not None else "")
+                acc = row["val_acc"]
+                log(f"  {row['status']:7s} {row['run']}" + (f"  val acc {acc:.4f}" if acc is not None else "")
                     + (f"  {row['seconds']:.1f} s" if row["seconds"] is not None else "")
                     + (f"  {row['error']}" if row["error"] else ""))
                 write_table(table(), param_keys, out_dir)

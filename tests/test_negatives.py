@@ -44,7 +44,7 @@ def test_hybrid_negatives_train_without_labels(digits):
     assert not np.allclose(X_neg, X)
     net.fit(digits.X_train[:200], digits.y_train[:200], digits.X_test[:50], digits.y_test[:50])
     m = net.history_[-1]
-    assert "test_acc_readout" in m and "test_acc_goodness" not in m
+    assert "val_acc_readout" in m and "val_acc_goodness" not in m
     with pytest.raises(ValueError, match="hybrid"):
         FFConfig(negatives="hybrid", predict_method="goodness")
 

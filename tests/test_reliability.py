@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spikeff import CheckpointError, ConfigError, DataError, FFConfig, FFNetwork, NeuronConfig, load_config
-from spikeff import cli
+from spikeff import cli, runs
 from spikeff.data import load_idx_dataset
 from spikeff.encoding import SpikeSource
 from spikeff.engines.vectorized import run_phase
@@ -427,7 +427,7 @@ def test_resume_after_interruption_is_bit_identical(tmp_path, capsys):
             raise KeyboardInterrupt
     config = load_config(toml)
     with pytest.raises(KeyboardInterrupt):
-        cli.train_run(config, "digits", tmp_path / "cut", progress=False, n_train=150, n_test=40,
+        runs.train_run(config, "digits", tmp_path / "cut", progress=False, n_train=150, n_test=40,
                       plots=False, log=interrupt_after_first_epoch)
     assert "Resume with: spikeff train --resume" in capsys.readouterr().err
     assert FFNetwork.load(tmp_path / "cut" / "model.npz").epochs_done_ == 1
@@ -485,7 +485,7 @@ def test_sigint_saves_checkpoint_and_resume_works(tmp_path, capsys):
     assert resumed.epochs_done_ == done + 1
     # the same as training done + 1 epochs without a break (constant lr: epochs does not matter)
     cfg = load_config(toml).replace(epochs=done + 1)
-    ref, _ = cli.train_run(cfg, "digits", tmp_path / "ref", progress=False, n_train=100, n_test=20,
+    ref, _ = runs.train_run(cfg, "digits", tmp_path / "ref", progress=False, n_train=100, n_test=20,
                            plots=False, log=lambda m: None)
     for x, y in zip(ref.weights_, resumed.weights_):
         np.testing.assert_array_equal(x, y)
@@ -577,7 +577,7 @@ def test_ctrl_c_is_held_while_a_checkpoint_is_written():
     before = signal.getsignal(signal.SIGINT)   # other libraries (Brian2) may have replaced the default
     done = []
     with pytest.raises(KeyboardInterrupt):
-        with cli._sigint_deferred():
+        with runs.sigint_deferred():
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.05)
             done.append("wrote")                 # not cut short by the signal
@@ -594,7 +594,7 @@ def test_ctrl_c_during_the_first_checkpoint_write_reports_it(tmp_path, capsys, m
         real(path, data)
     monkeypatch.setattr(sio, "atomic_write_bytes", write_then_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
-        cli.train_run(load_config(tiny_toml(tmp_path)), "digits", tmp_path / "run", progress=False,
+        runs.train_run(load_config(tiny_toml(tmp_path)), "digits", tmp_path / "run", progress=False,
                       n_train=60, n_test=20, plots=False, log=lambda m: None)
     assert "holds epoch 1" in capsys.readouterr().err
     assert FFNetwork.load(tmp_path / "run" / "model.npz").epochs_done_ == 1

@@ -8,7 +8,8 @@ import pytest
 pytest.importorskip("distributed")
 
 from spikeff import sweep as sw  # noqa: E402
-from spikeff.cli import MODELS_DIR, main  # noqa: E402
+from spikeff.cli import main  # noqa: E402
+from spikeff.runs import MODELS_DIR  # noqa: E402
 
 TINY = {"hidden_sizes": [20], "n_steps": 5, "batch_size": 32, "label_repeat": 1, "chunk_steps": 5,
         "eval_batch_size": 128}
@@ -118,8 +119,9 @@ def test_sweep_local_cluster_table_failures_and_resume(tmp_path, cluster):
         assert (d / "model.npz").is_file() and (d / "training_curves.png").is_file()
         m = json.loads((d / "metrics.json").read_text())
         assert m["completed"] is True and m["config"]["loss_sharpness"] == r["loss_sharpness"]
-        assert m["config"]["seed"] == r["seed"] and m["n_train"] == 100 and m["n_test"] == 60
-        assert m["test_acc"] == r["test_acc"]
+        assert m["config"]["seed"] == r["seed"] and m["n_train"] + m["n_val"] == 100 and m["n_test"] == 60
+        assert m["n_val"] == 10 and m["threads"] == {"blas": 1, "engine": 1}     # the sweep's defaults
+        assert m["test_acc"] == r["test_acc"] and m["val_acc"] == r["val_acc"] and 0.0 <= r["val_acc"] <= 1.0
     # two seeds train different networks
     assert rows[0]["test_acc"] != rows[1]["test_acc"] or rows[0]["test_acc_readout"] != rows[1]["test_acc_readout"]
     lines = (out / "sweep.csv").read_text().splitlines()
@@ -149,15 +151,15 @@ def test_sweep_local_cluster_table_failures_and_resume(tmp_path, cluster):
 
 def test_failing_run_does_not_stop_others(tmp_path, cluster, monkeypatch):
     """A run that raises while training (in-process workers see the patched train_run)."""
-    import spikeff.cli
-    real = spikeff.cli.train_run
+    import spikeff.runs
+    real = spikeff.runs.train_run
 
     def flaky(config, *a, **kw):
         if config.seed == 1:
             raise RuntimeError("boom in training")
         return real(config, *a, **kw)
 
-    monkeypatch.setattr(spikeff.cli, "train_run", flaky)
+    monkeypatch.setattr(spikeff.runs, "train_run", flaky)
     rows = sw.run_sweep(tiny_spec(grid={"loss_sharpness": [2.0]}, seeds=[0, 1, 2]), tmp_path,
                         scheduler=cluster.scheduler_address, log=lambda *a: None)
     assert [r["status"] for r in rows] == ["ok", "failed", "ok"]

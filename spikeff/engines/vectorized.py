@@ -29,7 +29,6 @@ Any array-API namespace works (the one of the weights: numpy, cupy, torch); nump
 """
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -55,11 +54,11 @@ _POOL = None
 
 
 def n_threads() -> int:
-    """Threads for the elementwise work (env SPIKEFF_NUM_THREADS, default: the CPUs we may use)."""
-    env = os.environ.get("SPIKEFF_NUM_THREADS")
-    if env:
-        return max(1, int(env))
-    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    """Threads for the elementwise work: pinned by training (:func:`spikeff.runs.pinned_threads`),
+    else env ``SPIKEFF_NUM_THREADS``, else the CPUs we may use (at most 8). Results do not depend
+    on it: every reduction is per sample or done after the parts are joined, in one order."""
+    from ..runs import engine_threads
+    return engine_threads()
 
 
 def _parallel(fn, B, N, min_work=1 << 16):
@@ -174,16 +173,13 @@ class _Layer:
         """Accumulate g(v) of the chunk (destroys V on numpy) and, when learning, the gradient."""
         xp, B, N, M = self.xp, self.B, self.N, self.M
         fused = self.goodness.fused if self.np else None
-        db = None
         if fused is not None:
             post = self.post[:k] if self.learn else None
 
             def good(sl):
                 fused(V[:, sl], post[:, sl] if self.learn else None, self.scale[:, sl] if self.learn else None)
                 self.g_acc[sl] += V[:, sl].sum(axis=0)
-                if self.learn:
-                    return e_b_steps @ post[:, sl].sum(axis=1, dtype=np.float64)
-            db = _parallel(good, B, N)
+            _parallel(good, B, N)
         else:
             self.g_acc += astype(xp.sum(self.goodness.g(V), axis=0), self.g_acc.dtype, xp)
             post = self.goodness.dg(V) * self.scale if self.learn else None
@@ -194,7 +190,9 @@ class _Layer:
         if self.np:
             np.matmul(post2.T, Ev, out=self.dW_chunk)
             self.dW += self.dW_chunk
-            self.db += sum(db) if db is not None else e_b_steps @ post.sum(axis=1, dtype=np.float64)
+            # over the whole batch at once (not per thread's part): the sum's order, and so its
+            # last bits, do not depend on how many threads did the elementwise work
+            self.db += e_b_steps @ post.sum(axis=1, dtype=np.float64)
         else:
             self.dW += astype(post2.T @ Ev, self.dW.dtype, xp)
             eb = to_backend(e_b_steps, xp, dtype=np.float64)
