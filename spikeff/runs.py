@@ -311,13 +311,14 @@ def prepare_data(dataset, data_path=None, n_train=None, n_test=None, val_fractio
 
 def train_run(config, dataset, out_dir, epochs=None, progress=True, n_train=None, n_test=None,
               data_path=None, command=None, plots=True, log=print, resume=None,
-              val_fraction: float = VAL_FRACTION, threads: ThreadSettings | None = None):
+              val_fraction: float = VAL_FRACTION, threads: ThreadSettings | None = None, val_methods=None):
     """Train on a data set, writing ``metrics.json``, ``model.npz`` (after every epoch) and plots
     into ``out_dir``. Returns (network, summary dict). Used by ``train``, ``demo`` and sweeps.
 
     ``val_fraction`` of the training set (stratified, seeded by ``config.seed``) is held out: the
     accuracy on it is recorded per epoch (``val_acc_*``); the test set is evaluated once, after the
-    last epoch (``test_acc_*``). ``threads`` (default: :meth:`ThreadSettings.default`) are pinned
+    last epoch (``test_acc_*``) by every method. ``val_methods``: the per-epoch validation methods
+    (default: goodness and readout; ``["readout"]`` is one pass per sample). ``threads`` (default: :meth:`ThreadSettings.default`) are pinned
     while training and recorded in metrics.json and the checkpoint.
 
     ``resume``: (network, summary) from :func:`load_run`; training continues from the network's last
@@ -381,12 +382,12 @@ def train_run(config, dataset, out_dir, epochs=None, progress=True, n_train=None
         if resume is None:
             net = FFNetwork(config)
             net.fit(data.X_train, data.y_train, X_val, y_val, epochs=epochs, progress=progress,
-                    callback=on_epoch, n_classes=data.n_classes, threads=threads)
+                    callback=on_epoch, n_classes=data.n_classes, threads=threads, val_methods=val_methods)
         else:
             net.config = config
             net.threads_ = threads
             net.continue_fit(data.X_train, data.y_train, X_val, y_val, epochs=epochs,
-                             progress=progress, callback=on_epoch)
+                             progress=progress, callback=on_epoch, val_methods=val_methods)
     except KeyboardInterrupt:
         done = saved["epoch"] if saved["epoch"] is not None else (resume[0].epochs_done_ if resume else None)
         if done:
@@ -403,6 +404,12 @@ def train_run(config, dataset, out_dir, epochs=None, progress=True, n_train=None
         raise
     final = net.history_[-1] if net.history_ else {}
     summary.update({k: final.get(k) for k in ("val_acc", "val_acc_goodness", "val_acc_readout")})
+    if val is not None and net.history_:          # methods not monitored per epoch, after the last one
+        missing = [m for m in default_methods(net) if summary.get(f"val_acc_{m}") is None]
+        if missing:
+            v = evaluate(net, X_val, y_val, methods=missing, threads=threads)
+            summary.update({f"val_acc_{m}": v[f"test_acc_{m}"] for m in missing})
+            summary["val_acc"] = summary.get(f"val_acc_{net.config.predict_method}")
     t0 = time.perf_counter()
     test = evaluate(net, data.X_test, data.y_test, threads=threads)      # the test set, once
     summary.update(test)
@@ -418,13 +425,18 @@ def train_run(config, dataset, out_dir, epochs=None, progress=True, n_train=None
     return net, summary
 
 
+def default_methods(net) -> list:
+    """Decision methods of a network: goodness over labels (unless its negatives are unsupervised)
+    and the readout (when it has one)."""
+    return ((["goodness"] if net.config.negatives != "hybrid" else [])
+            + (["readout"] if net.readout_ is not None else []))
+
+
 def evaluate(net, X, y, methods=None, threads: ThreadSettings | None = None) -> dict:
     """``{"test_acc_METHOD": accuracy, ..., "test_acc": the config's predict_method}`` on (X, y)
     for ``methods`` (default: goodness unless the negatives are unsupervised, and the readout when
     the network has one)."""
-    if methods is None:
-        methods = ((["goodness"] if net.config.negatives != "hybrid" else [])
-                   + (["readout"] if net.readout_ is not None else []))
+    methods = default_methods(net) if methods is None else methods
     out = {}
     with pinned_threads(threads):
         for m in methods:
