@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import subprocess
+import threading
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -76,14 +77,15 @@ class ThreadSettings:
         return asdict(self)
 
 
-_ENGINE_THREADS: list = []          # stack of pinned engine thread counts (innermost last)
+_PIN = {"depth": 0, "threads": None, "limits": None}      # the process's pinned threads (see pinned_threads)
+_PIN_LOCK = threading.Lock()
 
 
 def engine_threads() -> int:
     """Threads for the engine's elementwise work: the pinned value inside :func:`pinned_threads`,
     else ``SPIKEFF_NUM_THREADS``, else the usable CPUs (at most 8)."""
-    if _ENGINE_THREADS:
-        return _ENGINE_THREADS[-1]
+    if _PIN["threads"] is not None:
+        return _PIN["threads"].engine
     return ThreadSettings.default().engine
 
 
@@ -113,17 +115,32 @@ def blas_kernel() -> str | None:
 def pinned_threads(threads: ThreadSettings | None):
     """Run the body with the BLAS pool at ``threads.blas`` threads (threadpoolctl; it can raise
     the count above an ``OPENBLAS_NUM_THREADS`` set at start-up) and the engine at
-    ``threads.engine``. ``None`` changes nothing."""
+    ``threads.engine``. ``None`` changes nothing.
+
+    BLAS thread limits belong to the whole process: nested or concurrent uses (runs in threads of
+    one process, e.g. an in-process dask cluster) share one pin and must ask for equal settings,
+    else RuntimeError (a silent change of another run's threads would change its bits)."""
     if threads is None:
         yield
         return
     from threadpoolctl import threadpool_limits
-    _ENGINE_THREADS.append(int(threads.engine))
+    with _PIN_LOCK:
+        if _PIN["depth"] == 0:
+            _PIN["limits"] = threadpool_limits(limits=int(threads.blas), user_api="blas")
+            _PIN["threads"] = threads
+        elif _PIN["threads"] != threads:
+            raise RuntimeError(f"threads: this process already runs with {_PIN['threads'].to_dict()} pinned; "
+                               f"a run asking for {threads.to_dict()} at the same time would change its "
+                               "results. Use worker processes (a sweep's default) or equal thread settings")
+        _PIN["depth"] += 1
     try:
-        with threadpool_limits(limits=int(threads.blas), user_api="blas"):
-            yield
+        yield
     finally:
-        _ENGINE_THREADS.pop()
+        with _PIN_LOCK:
+            _PIN["depth"] -= 1
+            if _PIN["depth"] == 0:
+                _PIN["limits"].restore_original_limits()
+                _PIN["limits"], _PIN["threads"] = None, None
 
 
 def check_resume_threads(recorded: dict | None, kernel: str | None, log=None) -> ThreadSettings:

@@ -457,8 +457,10 @@ def test_sigint_saves_checkpoint_and_resume_works(tmp_path, capsys):
     toml = tiny_toml(tmp_path, epochs=500, schedule="constant")
     run = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=str(REPO), OPENBLAS_NUM_THREADS="1")
+    # the child starts with 1 BLAS thread; the run pins 2 (recorded) and the resume below, in a process
+    # held at 1 BLAS thread, restores them: bit-identical weights whatever the callers' settings
     proc = subprocess.Popen([sys.executable, "-m", "spikeff", "train", "--config", str(toml), "--n-train", "100",
-                             "--n-test", "20", "--no-progress", "--out", str(run)],
+                             "--n-test", "20", "--no-progress", "--threads", "2", "--out", str(run)],
                             env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
@@ -479,14 +481,17 @@ def test_sigint_saves_checkpoint_and_resume_works(tmp_path, capsys):
     assert 1 <= done < 500
     assert len(json.loads((run / "metrics.json").read_text())["epochs"]) == done   # they agree
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
-    rc, err = _cli(["train", "--resume", run, "--epochs", done + 1, "--no-progress"], capsys)
-    assert rc == 0, err
-    resumed = FFNetwork.load(run / "model.npz")
-    assert resumed.epochs_done_ == done + 1
-    # the same as training done + 1 epochs without a break (constant lr: epochs does not matter)
-    cfg = load_config(toml).replace(epochs=done + 1)
-    ref, _ = runs.train_run(cfg, "digits", tmp_path / "ref", progress=False, n_train=100, n_test=20,
-                           plots=False, log=lambda m: None)
+    assert json.loads((run / "metrics.json").read_text())["threads"] == {"blas": 2, "engine": 2}
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(limits=1, user_api="blas"):
+        rc, err = _cli(["train", "--resume", run, "--epochs", done + 1, "--no-progress"], capsys)
+        assert rc == 0, err
+        resumed = FFNetwork.load(run / "model.npz")
+        assert resumed.epochs_done_ == done + 1 and resumed.threads_ == runs.ThreadSettings(2, 2)
+        # the same as training done + 1 epochs without a break (constant lr: epochs does not matter)
+        cfg = load_config(toml).replace(epochs=done + 1)
+        ref, _ = runs.train_run(cfg, "digits", tmp_path / "ref", progress=False, n_train=100, n_test=20,
+                                plots=False, log=lambda m: None, threads=runs.ThreadSettings(2, 2))
     for x, y in zip(ref.weights_, resumed.weights_):
         np.testing.assert_array_equal(x, y)
 

@@ -122,6 +122,17 @@ def test_sweep_local_cluster_table_failures_and_resume(tmp_path, cluster):
         assert m["config"]["seed"] == r["seed"] and m["n_train"] + m["n_val"] == 100 and m["n_test"] == 60
         assert m["n_val"] == 10 and m["threads"] == {"blas": 1, "engine": 1}     # the sweep's defaults
         assert m["test_acc"] == r["test_acc"] and m["val_acc"] == r["val_acc"] and 0.0 <= r["val_acc"] <= 1.0
+    # a sweep run (worker process, the sweep's pinned 1 thread) gives the same weights as train_run
+    # with that config and threads in this process
+    import numpy as np
+    from spikeff import FFNetwork
+    from spikeff.runs import ThreadSettings, train_run
+    run = next(x for x in sw.expand(sw.load_sweep(spec)) if x["name"] == ok[0]["run"])
+    ref, _ = train_run(run["config"], "digits", tmp_path / "ref", progress=False, n_train=100, n_test=60,
+                       plots=False, log=lambda *a: None, threads=ThreadSettings(1, 1))
+    swept = FFNetwork.load(out / ok[0]["run_dir"] / "model.npz")
+    for a, b in zip(ref.weights_ + ref.biases_, swept.weights_ + swept.biases_):
+        np.testing.assert_array_equal(a, b)
     # two seeds train different networks
     assert rows[0]["test_acc"] != rows[1]["test_acc"] or rows[0]["test_acc_readout"] != rows[1]["test_acc_readout"]
     lines = (out / "sweep.csv").read_text().splitlines()
