@@ -11,7 +11,6 @@ see :func:`base_config`) on the embedded digits:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,9 @@ if str(ROOT) not in sys.path:
 from spikeff import FFNetwork, load_config  # noqa: E402
 from spikeff.data import load_dataset  # noqa: E402
 from spikeff.negatives import random_wrong_labels  # noqa: E402
+from spikeff.runs import config_hash, provenance, write_json  # noqa: E402
+
+RECIPE = ROOT / "models" / "digits.toml"
 
 SIZES = {"small": {"n_train": 300, "n_test": 200, "hidden_sizes": (100, 100), "epochs": 2},
          "full": {"n_train": None, "n_test": None, "hidden_sizes": None, "epochs": 6}}
@@ -52,11 +54,17 @@ def base_config(args, **changes):
     """The digits recipe at the experiment's size, with ``changes``. The loss is pinned to Hinton's
     ``threshold`` loss (the recipe's loss when these experiments were run; the recipe has since
     moved to SymBa): the goodness threshold and the single-phase "sleep" updates need it."""
-    c = load_config(ROOT / "models" / "digits.toml").replace(loss="threshold")
+    c = load_config(RECIPE).replace(loss="threshold")
     size = {"epochs": args.sizes["epochs"]}
     if args.sizes["hidden_sizes"] is not None:
         size["hidden_sizes"] = args.sizes["hidden_sizes"]
-    return c.replace(**{**size, **changes})
+    config = c.replace(**{**size, **changes})
+    # recorded in the results file: tests/test_results.py re-derives each config from the recipe and
+    # these changes and fails when the recipe or this function no longer gives the same config
+    if not hasattr(args, "configs"):
+        args.configs = []
+    args.configs.append({"changes": dict(changes), "config_hash": config_hash(config)})
+    return config
 
 
 def load_data(args):
@@ -105,11 +113,11 @@ def write_results(args, name: str, results: dict, fig) -> tuple:
     import matplotlib.pyplot as plt
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = {"experiment": name, "command": args.command, "size": args.size,
+    results = {"experiment": name, "command": args.command, "size": args.size, "epochs_arg": args.epochs,
                "sizes": {k: (list(v) if isinstance(v, tuple) else v) for k, v in args.sizes.items()},
-               **results}
+               **results, "configs": getattr(args, "configs", []), "provenance": provenance(recipe=RECIPE)}
     jp, pp = out / f"{name}.json", out / f"{name}.png"
-    jp.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(jp, results)
     fig.tight_layout()
     fig.savefig(pp, dpi=80, bbox_inches="tight")
     plt.close(fig)

@@ -29,6 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from spikeff import FFNetwork, load_config  # noqa: E402
 from spikeff.data import load_digits_dataset  # noqa: E402
 from spikeff.export import lava as lx  # noqa: E402
+from spikeff.runs import provenance, write_json  # noqa: E402
+
+RECIPE = Path(__file__).resolve().parent.parent / "models" / "digits.toml"
 
 
 def main(argv=None):
@@ -43,22 +46,23 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     d = load_digits_dataset()
-    res = {"command": "PYTHONPATH=. python " + " ".join([sys.argv[0]] + sys.argv[1:]) if argv is None else argv,
+    res = {"command": "python " + " ".join(["experiments/lava_quantization.py"] + (sys.argv[1:] if argv is None else list(argv))),
            "dataset": d.name, "n_test": len(d.X_test)}
     t0 = time.perf_counter()
     if args.model:
         net = FFNetwork.load(args.model)
         res["model"] = args.model
     else:
-        cfg = load_config(Path(__file__).resolve().parent.parent / "models" / "digits.toml")
-        if args.epochs is not None:
-            cfg = cfg.replace(epochs=args.epochs)
+        overrides = {} if args.epochs is None else {"epochs": args.epochs}
+        cfg = load_config(RECIPE).replace(**overrides)
+        res["recipe_overrides"] = overrides
         net = FFNetwork(cfg).fit(d.X_train, d.y_train)
         res["model"] = f"trained here: models/digits.toml, {cfg.epochs} epochs, seed {cfg.seed}"
         if args.save_model:
             net.save(args.save_model)
     res["train_seconds"] = time.perf_counter() - t0
     res["config"] = net.config.to_dict()
+    res["provenance"] = provenance(config=net.config, recipe=None if args.model else RECIPE)
 
     X, y = d.X_test, d.y_test
     methods = ["goodness"] + (["readout"] if net.readout_ is not None else [])
@@ -131,7 +135,7 @@ def main(argv=None):
     res["elapsed_seconds"] = time.perf_counter() - t0
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2, default=float) + "\n")
+    write_json(out, res)
     print(f"wrote {out}")
     return 0
 

@@ -58,7 +58,8 @@ def _one(job):
     n_train, n_test = SMALL[args.dataset] if args.size == "small" else (None, None)
     run_dir = Path(args.runs_dir) / args.name / f"seed={seed}"
     t0 = time.perf_counter()
-    net, summary = train_run(config.replace(seed=seed), args.dataset, run_dir, progress=False,
+    net, summary = train_run(config.replace(seed=seed), args.dataset, run_dir, progress=False, recipe=args.recipe,
+                             recipe_overrides={**args.overrides, "seed": seed},
                              n_train=n_train, n_test=n_test, data_path=args.data_path, plots=False,
                              threads=threads, val_methods=args.val_methods, command=args.command,
                              log=lambda msg: print(f"[seed {seed}] {msg}", flush=True))
@@ -83,14 +84,14 @@ def main(argv=None):
     args = parse_args(argv)
     args.command = "python " + " ".join([f"experiments/{Path(__file__).name}"] + (sys.argv[1:] if argv is None else argv))
     recipe = resolve_config_path(args.config)
-    config = load_config(recipe)
-    if args.size == "small":
-        config = config.replace(epochs=1)
+    overrides = {"epochs": 1} if args.size == "small" else {}
     if args.epochs is not None:
-        config = config.replace(epochs=args.epochs)
+        overrides["epochs"] = args.epochs
+    config = load_config(recipe).replace(**overrides)
     jobs = max(1, min(args.jobs, len(args.seeds)))
     n = max(1, usable_cpus() // jobs)
     threads = ThreadSettings(blas=n, engine=n)
+    args.recipe, args.overrides = recipe, overrides
     work = [(config, args, s, threads) for s in args.seeds]
     if jobs == 1:
         runs = [_one(w) for w in work]
@@ -98,9 +99,7 @@ def main(argv=None):
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             runs = list(pool.map(_one, work))
     result = {"experiment": "recipe_seeds", "command": args.command, "dataset": args.dataset, "size": args.size,
-              "recipe": str(Path(recipe).resolve().relative_to(ROOT)) if Path(recipe).resolve().is_relative_to(ROOT) else str(recipe),
-              "overrides": {k: v for k, v in (("epochs", config.epochs),) if k == "epochs" and
-                            config.epochs != load_config(recipe).epochs},
+              "recipe_overrides": overrides,
               "seeds": args.seeds, "runs": runs, "summary": {k: spread(r[k] for r in runs) for k in METRICS},
               "provenance": provenance(config=config, threads=threads, recipe=recipe)}
     out = Path(args.out)

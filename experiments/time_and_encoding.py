@@ -20,6 +20,7 @@ from _common import base_config, load_data, parse_args, table, train, write_resu
 from spikeff.encoding import NEUTRAL
 
 NAME = "time_and_encoding"
+EPOCHS_FULL = 4                 # epochs at --size full
 # The goodness threshold is set per encoding: the recipe's 2.0 is tuned to the rate code's drive;
 # with the far fewer spikes of a latency code it cannot be reached by positive data without
 # saturating layer 1, and training stays near chance (the "recipe threshold" row shows it).
@@ -38,7 +39,7 @@ def spikes_per_inference(net, X, seed: int = 0):
 
 
 def main(argv=None):
-    args = parse_args(NAME, __doc__, argv, epochs_full=4)
+    args = parse_args(NAME, __doc__, argv, epochs_full=EPOCHS_FULL)
     data = load_data(args)
     Ts = [10, 30] if args.size == "small" else [10, 30, 100]
     rows = []

@@ -58,7 +58,8 @@ def cmd_train(args):
                   n_test=da.get("n_test"), data_path=args.data_path or da.get("data_path"),
                   resume=(net, summary))
     else:
-        config = load_config(resolve_config_path(args.config or "digits"))
+        recipe = resolve_config_path(args.config or "digits")
+        config = load_config(recipe)
         changes = {k: v for k, v in (("seed", args.seed), ("engine", args.engine), ("epochs", args.epochs))
                    if v is not None}
         config = config.replace(**changes) if changes else config
@@ -66,7 +67,7 @@ def cmd_train(args):
         train_run(config, args.dataset or "digits", out, progress=not args.no_progress,
                   n_train=args.n_train, n_test=args.n_test, data_path=args.data_path,
                   val_fraction=VAL_FRACTION if args.val_fraction is None else args.val_fraction,
-                  threads=threads)
+                  threads=threads, recipe=recipe, recipe_overrides=changes)
     print(f"spikeff: wrote {out}/metrics.json, model.npz, training_curves.png")
     return 0
 
@@ -95,10 +96,11 @@ def cmd_eval(args):
 def cmd_demo(args):
     from .config import load_config
     out = Path(args.out)
-    config = load_config(resolve_config_path("digits"))
-    if args.epochs is not None:
-        config = config.replace(epochs=args.epochs)
-    net, summary = train_run(config, "digits", out, progress=not args.no_progress)
+    recipe = resolve_config_path("digits")
+    changes = {} if args.epochs is None else {"epochs": args.epochs}
+    config = load_config(recipe).replace(**changes)
+    net, summary = train_run(config, "digits", out, progress=not args.no_progress, recipe=recipe,
+                             recipe_overrides=changes)
     from .plot import make_run_figures
     make_run_figures(out, n_samples=360)           # the whole digits test split
     print(f"spikeff demo: test accuracy {summary['test_acc']:.4f} ({config.predict_method}; validation "

@@ -328,7 +328,8 @@ def prepare_data(dataset, data_path=None, n_train=None, n_test=None, val_fractio
 
 def train_run(config, dataset, out_dir, epochs=None, progress=True, n_train=None, n_test=None,
               data_path=None, command=None, plots=True, log=print, resume=None,
-              val_fraction: float = VAL_FRACTION, threads: ThreadSettings | None = None, val_methods=None):
+              val_fraction: float = VAL_FRACTION, threads: ThreadSettings | None = None, val_methods=None,
+              recipe=None, recipe_overrides: dict | None = None):
     """Train on a data set, writing ``metrics.json``, ``model.npz`` (after every epoch) and plots
     into ``out_dir``. Returns (network, summary dict). Used by ``train``, ``demo`` and sweeps.
 
@@ -337,6 +338,9 @@ def train_run(config, dataset, out_dir, epochs=None, progress=True, n_train=None
     last epoch (``test_acc_*``) by every method. ``val_methods``: the per-epoch validation methods
     (default: goodness and readout; ``["readout"]`` is one pass per sample). ``threads`` (default: :meth:`ThreadSettings.default`) are pinned
     while training and recorded in metrics.json and the checkpoint.
+
+    ``recipe``: the model config file the config came from, with ``recipe_overrides`` (the changes
+    made to it): recorded so that a test can tell when the recipe changed after the run.
 
     ``resume``: (network, summary) from :func:`load_run`; training continues from the network's last
     completed epoch with the recorded data split and threads, and gives the same weights as an
@@ -361,22 +365,24 @@ def train_run(config, dataset, out_dir, epochs=None, progress=True, n_train=None
         f"engine {config.engine}, {config.dtype}; threads {threads.to_dict()}")
     summary = {"command": command or " ".join(sys.argv), "dataset": data.name,
                "n_train": len(data.X_train), "n_val": 0 if val is None else len(val[0]),
-               "n_test": len(data.X_test), "config": config.to_dict(), "config_hash": config_hash(config),
-               "git": git_commit(), "environment": environment(), "threads": threads.to_dict(),
+               "n_test": len(data.X_test), "config": config.to_dict(), "threads": threads.to_dict(),
                "blas_kernel": blas_kernel(), "epochs": [],
+               "provenance": provenance(config=config, threads=threads, recipe=recipe),
                "data_args": {"dataset": dataset, "n_train": n_train, "n_test": n_test,
                              "data_path": None if data_path is None else str(data_path),
                              "val_fraction": val_fraction, "split_seed": config.seed}}
+    if recipe is not None:
+        summary["recipe_overrides"] = dict(recipe_overrides or {})
     elapsed_before = 0.0
     if resume is not None:
         check_data_matches(net, data, out_dir / "model.npz")
         elapsed_before = float(old.get("elapsed_seconds") or 0.0)
         summary["resumed"] = old.get("resumed", []) + [{"command": summary["command"],
                                                         "from_epoch": net.epochs_done_,
-                                                        "git": summary["git"],
-                                                        "environment": summary["environment"]}]
-        for k in ("command", "git", "environment"):
-            summary[k] = old.get(k, summary[k])
+                                                        "provenance": summary["provenance"]}]
+        for k in ("command", "provenance", "recipe_overrides"):
+            if k in old:
+                summary[k] = old[k]
     t_start = time.perf_counter()
     saved = {"epoch": None}
     X_val, y_val = val if val is not None else (None, None)
