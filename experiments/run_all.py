@@ -40,6 +40,8 @@ STEPS = {
                           "experiments/lava_quantization.py --epochs 1 --n-lava 1 --out {out}/lava_quantization.json"),
     "engines_agree": ("experiments/engines_agree.py --out {out}/engines_agree.json", None),
     "bench_engines": ("experiments/bench_engines.py --out {out}/bench_engines.json", None),
+    "kernel_spread": ("experiments/kernel_spread.py --out {out}/kernel_spread.json",
+                      "experiments/kernel_spread.py --kernels default --threads 2 1 --epochs 1 --out {out}/kernel_spread.json"),
     "bench": ("-m spikeff bench --out {out}/bench.json", "-m spikeff bench --quick --out {out}/bench.json"),
     "recipe_digits": ("experiments/recipe_seeds.py --config models/digits.toml --dataset digits --seeds 0 1 2 --out {out}",
                       "experiments/recipe_seeds.py --config models/digits.toml --dataset digits --seeds 0 1 "
