@@ -370,16 +370,17 @@ class _Reached(Exception):
 
 
 def time_to_accuracy(recipe="models/fashion_mnist.toml", dataset="fashion_mnist", target=0.86,
-                     val_fraction=0.1, max_epochs=None, n_inference=5000, log=print) -> dict:
+                     val_fraction=0.1, max_epochs=None, n_inference=5000, n_train=None, log=print) -> dict:
     """Wall time for ``recipe`` to reach ``target`` validation accuracy (its ``predict_method``,
     checked after every epoch on a held-out split of the training set; the test set is not used).
     Counts training and the per-epoch validation; stops at the first epoch that reaches the target
-    or after ``max_epochs`` (default: the recipe's epochs). Also times inference by readout."""
+    or after ``max_epochs`` (default: the recipe's epochs). Also times inference by readout.
+    ``n_train``: a random subset of the training set (for tests; default all of it)."""
     from .config import load_config
     from .network import FFNetwork
     from .runs import prepare_data
     cfg = load_config(recipe)
-    data, (X_val, y_val) = prepare_data(dataset, val_fraction=val_fraction, seed=cfg.seed)
+    data, (X_val, y_val) = prepare_data(dataset, n_train=n_train, val_fraction=val_fraction, seed=cfg.seed)
     epochs = max_epochs or cfg.epochs
     per_epoch, reached = [], {}
     t0 = time.perf_counter()

@@ -14,6 +14,13 @@ xps = pytest.importorskip("array_api_strict")
 pytest.importorskip("array_api_compat")
 
 
+def _other_device():
+    try:
+        return xps.Device("device1")
+    except (TypeError, ValueError, AttributeError):
+        pytest.skip("this array_api_strict has no non-default device (needs >= 2.2)")
+
+
 def _net_inputs(rng, dtype=np.float64):
     W = [rng.normal(0, 0.6, (20, 15)).astype(dtype), rng.normal(0, 0.6, (10, 20)).astype(dtype)]
     b = [rng.normal(0, 0.05, 20).astype(dtype), rng.normal(0, 0.05, 10).astype(dtype)]
@@ -98,7 +105,7 @@ def test_everything_runs_on_the_weights_device():
     array_api_strict refuses to mix devices, so its non-default device stands in for a GPU."""
     from spikeff.backend import device_of
     from spikeff.engines.vectorized import grads_from_store
-    dev = xps.Device("device1")
+    dev = _other_device()
     assert dev != xps.Device("CPU_DEVICE")
     rng = np.random.default_rng(2)
     lif = DiscreteLIF.from_config(NeuronConfig(refractory=2e-3))
@@ -126,7 +133,7 @@ def test_network_trains_on_the_weights_device(small_config, digits):
     from spikeff.backend import device_of
     from spikeff.learning import make_optimizer
     X, y = digits.X_train[:32], digits.y_train[:32]
-    dev = xps.Device("device1")
+    dev = _other_device()
     ref = FFNetwork(small_config, learn_bias=True).initialize(X.shape[1], 10)
     net = FFNetwork(small_config, backend="array_api_strict", learn_bias=True).initialize(X.shape[1], 10)
     net.weights_ = [xps.asarray(np.array(to_numpy(w)), device=dev) for w in net.weights_]

@@ -46,3 +46,32 @@ def test_bench_bad_input_gets_clear_errors(tmp_path):
         main(["bench", "--quick", "--only", "nope", "--out", str(tmp_path / "b.json")])
     with pytest.raises(FileNotFoundError, match="no spikeff package"):
         bench_against(tmp_path)
+
+
+def test_time_to_accuracy_stops_at_the_target(tmp_path):
+    from spikeff.bench import time_to_accuracy
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text("""
+[network]
+hidden_sizes = [40]
+n_steps = 5
+[encoding]
+max_rate = "1000 Hz"
+[goodness]
+loss = "symba"
+negatives = "readout_hard"
+[training]
+batch_size = 64
+epochs = 3
+readout = true
+predict_method = "readout"
+learning_rate = 0.01
+readout_learning_rate = 0.01
+""")
+    res = time_to_accuracy(str(recipe), "digits", target=0.3, n_inference=50, n_train=500, log=lambda *a: None)
+    assert res["reached"] and res["epochs_to_target"] == len(res["per_epoch"]) < 3
+    assert res["per_epoch"][-1]["val_acc"] >= 0.3 and res["wall_seconds_to_target"] > 0
+    assert res["inference_readout_samples_per_s"] > 0 and res["n_val"] > 0
+    never = time_to_accuracy(str(recipe), "digits", target=1.01, max_epochs=1, n_inference=10, n_train=200,
+                             log=lambda *a: None)
+    assert not never["reached"] and never["wall_minutes_to_target"] is None and len(never["per_epoch"]) == 1
