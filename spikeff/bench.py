@@ -156,7 +156,7 @@ def bench_network(hidden, batch, n_steps, reps, n_inference, dtype="float32", lo
     t_read = time.perf_counter() - t0
     res = {"network": f"{sizes[0]}-{'-'.join(map(str, hidden))}", "batch": batch, "n_steps": n_steps,
            "dtype": dtype, "chunk_steps": cfg.chunk_steps, "reps": reps,
-           "update": "store" if store else "replay", "store_budget_mb": cfg.store_budget_mb,
+           "update": "store" if store else "replay", "store_budget_mb": net.store_budget_mb,
            "train_step_s": t_step, "train_step_s_all": steps,
            "train_samples_per_s": batch / t_step,
            "train_gflop": flops / 1e9, "achieved_gflops": flops / t_step / 1e9,
@@ -181,8 +181,8 @@ def _memory_child(hidden, batch, n_steps, dtype, store_budget_mb=0.0):
     import resource
     import tracemalloc
     from .network import FFNetwork
-    cfg = _config(hidden, batch, n_steps, dtype, store_budget_mb=store_budget_mb)
-    net = FFNetwork(cfg).initialize(N_FEATURES, N_CLASSES)
+    cfg = _config(hidden, batch, n_steps, dtype)
+    net = FFNetwork(cfg, store_budget_mb=store_budget_mb).initialize(N_FEATURES, N_CLASSES)
     X, y = _data(batch)
     net.train_batch(X, y, seed=[0, 0])
     tracemalloc.start()

@@ -120,8 +120,6 @@ class FFConfig:
     engine: str = "vectorized"
     backend: str = "numpy"             # array library of the vectorized engine: numpy, cupy (GPU), torch
     chunk_steps: int = 10              # time steps simulated per GEMM (memory is O(chunk), not O(T))
-    store_budget_mb: float = 1024.0    # training keeps the first pass's learning factors when they fit
-                                       # (T x 2B x sum(N + M) numbers), else replays; 0: always replay
     # [encoding]
     encoding: str = "rate"
     max_rate: float = 500.0            # Hz at intensity 1 (rate code: p = x * max_rate * dt)
@@ -163,9 +161,6 @@ class FFConfig:
         _check(_is_int(self.epochs) and self.epochs >= 0, "epochs", f"must be an integer >= 0, got {self.epochs!r}")
         _check(_is_int(self.latency_period) and self.latency_period >= 0, "latency_period",
                f"must be an integer >= 0 (time steps; 0 = one latency spike per window), got {self.latency_period!r}")
-        _check(isinstance(self.store_budget_mb, (int, float)) and not isinstance(self.store_budget_mb, bool)
-               and math.isfinite(self.store_budget_mb) and self.store_budget_mb >= 0, "store_budget_mb",
-               f"must be a number >= 0 (MiB; 0 = always replay), got {self.store_budget_mb!r}")
         _check(_is_int(self.seed) and self.seed >= 0, "seed", f"must be an integer >= 0, got {self.seed!r}")
         for name in ("learn_bias", "readout"):
             _check(isinstance(getattr(self, name), bool), name,

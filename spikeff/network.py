@@ -11,7 +11,7 @@ One training step on a batch (see :meth:`FFNetwork.train_batch`):
    separate epochs from rest (side by side as one batch), giving each layer's goodness per sample;
 3. each layer's FF loss gives a per-sample modulator (:mod:`spikeff.learning`);
 4. each layer's local update is formed with the modulators (:mod:`spikeff.engines.vectorized`):
-   from the learning factors kept during step 2 when they fit ``store_budget_mb`` (no second
+   from the learning factors kept during step 2 when they fit the ``store_budget_mb`` (no second
    simulation), else by replaying both phases (memory flat in T); every layer takes one optimizer step.
 
 The negative labels of step 1 may come from the readout's current beliefs ("readout_hard").
@@ -51,12 +51,35 @@ def _check_finite_goodness(goodness, what: str):
                                      "membrane potentials blew up; lower weight_init or learning_rate")
 
 
+STORE_BUDGET_MB = 1024.0     # default memory budget for keeping the first pass (store vs replay)
+
+
+def _check_budget(value, what):
+    import math
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{what}: must be a number >= 0 (MiB; 0 = always replay), got {value!r}")
+
+
+def _store_budget_from_env() -> float:
+    import os
+    env = os.environ.get("SPIKEFF_STORE_BUDGET_MB")
+    if env is None or env == "":
+        return STORE_BUDGET_MB
+    try:
+        value = float(env)
+    except ValueError:
+        raise ValueError(f"SPIKEFF_STORE_BUDGET_MB: must be a number >= 0 (MiB), got {env!r}") from None
+    _check_budget(value, "SPIKEFF_STORE_BUDGET_MB")
+    return value
+
+
 class FFNetwork:
     """Spiking Forward-Forward network. ``config``: an :class:`FFConfig` (keyword overrides allowed)."""
 
-    def __init__(self, config: FFConfig | None = None, **overrides):
+    def __init__(self, config: FFConfig | None = None, *, store_budget_mb: float | None = None, **overrides):
         config = config or FFConfig()
         self.config = config.replace(**overrides) if overrides else config
+        self.store_budget_mb = store_budget_mb
         self.history_: list[dict] = []
 
     # -- set-up ------------------------------------------------------------------------------
@@ -108,14 +131,30 @@ class FFNetwork:
         return SpikeSource(inten, c.encoding, c.n_steps, c.neuron.dt, c.max_rate, seed,
                            rows_per_noise=rows_per_noise, dtype=self.dtype, latency_period=c.latency_period)
 
+    @property
+    def store_budget_mb(self) -> float:
+        """Memory (MiB) training may use to keep the first pass's learning factors instead of
+        replaying (:func:`spikeff.engines.vectorized.store_bytes`); 0: always replay. A run-time
+        setting like the thread counts, not part of the model's config: ``FFNetwork(...,
+        store_budget_mb=...)``, else env ``SPIKEFF_STORE_BUDGET_MB``, else 1024."""
+        if self._store_budget_mb is not None:
+            return self._store_budget_mb
+        return _store_budget_from_env()
+
+    @store_budget_mb.setter
+    def store_budget_mb(self, value):
+        if value is not None:
+            _check_budget(value, "store_budget_mb")
+        self._store_budget_mb = None if value is None else float(value)
+
     def store_fits(self, rows: int) -> bool:
         """Whether training keeps the learning factors of ``rows`` batch rows (store) instead of
         replaying: the vectorized engine, and ``T x rows x sum(N + M)`` numbers within
-        ``config.store_budget_mb``."""
+        :attr:`store_budget_mb`."""
         from .engines.vectorized import store_bytes
         c = self.config
         return (c.engine == "vectorized"
-                and store_bytes(self.weights_, rows, c.n_steps) <= c.store_budget_mb * 2**20)
+                and store_bytes(self.weights_, rows, c.n_steps) <= self.store_budget_mb * 2**20)
 
     def _update(self, both, modulators, res):
         """The layers' updates of the phases of source ``both`` with the ``modulators``: from

@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 
 from spikeff import FFConfig, NeuronConfig
-from spikeff.config import ConfigError
 from spikeff.encoding import ConcatSource, SpikeSource
 from spikeff.engines.vectorized import grads_from_store, run_phase, store_bytes
 from spikeff.goodness import available_goodness, get_goodness
@@ -72,8 +71,8 @@ def test_store_rejects_bad_input():
     res = run_phase(W, b, lif, get_goodness("energy"), srcs[0], 5, keep=slice(None))
     with pytest.raises(ValueError, match=r"modulators must have shape \(4,\)"):
         grads_from_store(res.stored, [np.ones(3), np.ones(4)])
-    with pytest.raises(ConfigError, match="store_budget_mb"):
-        FFConfig(store_budget_mb=-1)
+    with pytest.raises(ValueError, match="store_budget_mb"):
+        FFNetwork(store_budget_mb=-1)
 
 
 @pytest.mark.parametrize("negatives", ["readout_hard", "random"])
@@ -92,8 +91,17 @@ def test_training_with_store_equals_replay(small_config, digits, negatives):
         np.testing.assert_array_equal(ba, bb)
 
 
-def test_store_budget_decides():
-    net = FFNetwork(FFConfig(hidden_sizes=(100, 50), n_steps=200, store_budget_mb=1.0)).initialize(30, 3)
+def test_store_budget_decides(monkeypatch):
+    cfg = FFConfig(hidden_sizes=(100, 50), n_steps=200)
+    net = FFNetwork(cfg, store_budget_mb=1.0).initialize(30, 3)
     # T x 2B x sum(N + M) float32: 200 x 2 x ((33 + 100) + (100 + 50)) x 4 bytes = 0.43 MiB for B = 1
     assert net.store_fits(2) and not net.store_fits(6)
-    assert not FFNetwork(net.config.replace(store_budget_mb=0)).initialize(30, 3).store_fits(1)
+    assert not FFNetwork(cfg, store_budget_mb=0).initialize(30, 3).store_fits(1)
+    # a run-time setting (like the thread counts), not part of the model's config
+    assert "store_budget_mb" not in cfg.to_dict()
+    assert FFNetwork(cfg).store_budget_mb == 1024
+    monkeypatch.setenv("SPIKEFF_STORE_BUDGET_MB", "0")
+    assert FFNetwork(cfg).store_budget_mb == 0 and FFNetwork(cfg, store_budget_mb=5).store_budget_mb == 5
+    monkeypatch.setenv("SPIKEFF_STORE_BUDGET_MB", "lots")
+    with pytest.raises(ValueError, match="SPIKEFF_STORE_BUDGET_MB"):
+        FFNetwork(cfg).store_budget_mb

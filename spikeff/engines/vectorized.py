@@ -29,7 +29,7 @@ the update is computed after the phase, in one of two ways that give bit-identic
   regenerated from the same seed, so the replay is exact) and accumulates the update chunk by
   chunk: memory O(chunk_steps), not O(T).
 
-The caller chooses by a memory budget (:func:`store_bytes`; ``FFConfig.store_budget_mb``). All
+The caller chooses by a memory budget (:func:`store_bytes`; ``FFNetwork.store_budget_mb``). All
 work buffers are allocated once per call with ``chunk_steps`` rows.
 
 Any array-API namespace works (the one of the weights: numpy, cupy, torch); numpy uses in-place
