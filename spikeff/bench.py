@@ -43,7 +43,7 @@ import numpy as np
 N_FEATURES, N_CLASSES = 784, 10
 
 FULL = {"networks": [((500, 500), 64), ((500, 500), 512), ((2000, 2000), 64), ((2000, 2000), 512)],
-        "n_steps": 50, "reps": 2, "memory": [((500, 500), 64), ((2000, 2000), 64)],
+        "n_steps": 50, "reps": 2, "memory": [((500, 500), 64), ((1000, 1000), 100)],
         "memory_steps": [25, 50, 100, 200], "n_inference": 128}
 QUICK = {"networks": [((100, 100), 32)], "n_steps": 10, "reps": 1, "memory": [((100, 100), 16)],
          "memory_steps": [25, 200], "n_inference": 16}
