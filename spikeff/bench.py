@@ -23,6 +23,9 @@ and on what else runs on it (the load average is recorded).
   the budget, then falls back to replay);
 * **spike kernels**: ``W @ x`` for 0/1 spikes ``x`` as a dense float32 GEMM against a sparse
   product (scipy.sparse CSR: the sum of the selected columns) at several densities: the crossover;
+* **store vs replay** (section ``store``, needs the data set): the recipe trained with the default
+  store budget and with ``store_budget_mb = 0``, alternately on the same batches: the gain of
+  keeping the first pass, and whether the weights stay bit-identical;
 * **against** (``--against DIR``): the Fashion-MNIST recipe's training step of the checkout in DIR
   and of this one, in two persistent processes run alternately on the same batches;
 * **time to accuracy** (``--time-to-accuracy``): wall time of the shipped Fashion-MNIST recipe to
@@ -365,6 +368,45 @@ def bench_against(base_dir, recipe="models/fashion_mnist.toml", dataset="fashion
     return res
 
 
+def bench_store_vs_replay(recipe="models/fashion_mnist.toml", dataset="fashion_mnist", rounds=6,
+                          steps_per_round=2, log=print) -> dict:
+    """The gain of store over replay: two networks of the recipe (the same initial weights), one
+    with the default store budget and one with ``store_budget_mb = 0``, trained alternately on the
+    same batches; also whether their weights are still bit-identical at the end."""
+    from .config import load_config
+    from .data import load_dataset
+    from .network import FFNetwork
+    cfg = load_config(recipe)
+    ds = load_dataset(dataset)
+    X, y = ds.X_train, ds.y_train
+    B = cfg.batch_size
+    nets = {"store": FFNetwork(cfg).initialize(X.shape[1], ds.n_classes),
+            "replay": FFNetwork(cfg, store_budget_mb=0).initialize(X.shape[1], ds.n_classes)}
+    times, modes = {k: [] for k in nets}, {k: set() for k in nets}
+    for name, net in nets.items():
+        net.train_batch(X[:B], y[:B], seed=[0, 0])
+    i = 1
+    for r in range(rounds):
+        for name in (("store", "replay") if r % 2 == 0 else ("replay", "store")):
+            for j in range(steps_per_round):
+                idx = slice((i + j) * B, (i + j + 1) * B)
+                t0 = time.perf_counter()
+                modes[name].add(nets[name].train_batch(X[idx], y[idx], seed=[0, i + j])["update"])
+                times[name].append(time.perf_counter() - t0)
+        i += steps_per_round
+    same = all(np.array_equal(a, b) for a, b in zip(nets["store"].weights_, nets["replay"].weights_))
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    res = {"recipe": recipe, "dataset": dataset, "batch_size": B, "rounds": rounds,
+           "steps_per_round": steps_per_round, "updates": {k: sorted(v) for k, v in modes.items()},
+           "step_s": times, "samples_per_s_median": {k: B / v for k, v in med.items()},
+           "speedup_store_over_replay": med["replay"] / med["store"],
+           "weights_bit_identical_after": same, "steps": 1 + rounds * steps_per_round}
+    log(f"  store vs replay ({recipe}): {res['samples_per_s_median']['store']:.1f} vs "
+        f"{res['samples_per_s_median']['replay']:.1f} samples/s -> {res['speedup_store_over_replay']:.2f}x; "
+        f"weights bit-identical after {res['steps']} steps: {same}")
+    return res
+
+
 class _Reached(Exception):
     pass
 
@@ -425,11 +467,12 @@ def environment() -> dict:
     return env
 
 
-SECTIONS = ("gemm", "recipe", "training", "memory", "kernels", "brian2")
+SECTIONS = ("gemm", "recipe", "store", "training", "memory", "kernels", "brian2")
+DEFAULT_SECTIONS = ("gemm", "recipe", "training", "memory", "kernels", "brian2")   # "store" needs the data set
 
 
 def run_bench(quick: bool = False, out=None, shared_machine: bool = True, log=print, against=None,
-              tta: bool = False, sections=SECTIONS, recipe="models/fashion_mnist.toml",
+              tta: bool = False, sections=DEFAULT_SECTIONS, recipe="models/fashion_mnist.toml",
               dataset="fashion_mnist", target=0.86, command=None) -> dict:
     from .config import load_config
     from .runs import provenance
@@ -438,7 +481,7 @@ def run_bench(quick: bool = False, out=None, shared_machine: bool = True, log=pr
         raise ValueError(f"sections: {sorted(bad)} are not valid; choose from {list(SECTIONS)}")
     p = QUICK if quick else FULL
     t_start = time.perf_counter()
-    cfg = load_config(recipe) if (against or tta) else None
+    cfg = load_config(recipe) if (against or tta or {"recipe", "store"} & set(sections)) else None
     result = {"spikeff_bench": 2, "quick": quick, "command": command or " ".join(sys.argv),
               "provenance": provenance(config=cfg, recipe=recipe if cfg is not None else None),
               "environment": environment(), "shared_machine": shared_machine,
@@ -459,6 +502,8 @@ def run_bench(quick: bool = False, out=None, shared_machine: bool = True, log=pr
         result["recipe_step"] = bench_network(None, None, None, 1 if quick else 4, 64 if quick else 500,
                                               log=log, peak_gflops=peak, cfg=rcfg)
         result["recipe_step"]["recipe"] = recipe
+    if "store" in sections:
+        result["store_vs_replay"] = bench_store_vs_replay(recipe, dataset, log=log)
     if "training" in sections:
         for hidden, batch in p["networks"]:
             result["training"].append(bench_network(hidden, batch, p["n_steps"], p["reps"],

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..backend import astype, device_of, namespace, to_backend, to_numpy
+from ..backend import astype, device_of, dtype_name, namespace, to_backend, to_numpy
 from ..goodness import Goodness
 from ..neuron import DiscreteLIF, lif_scan, lif_scan_xp, trace_filter, trace_scan
 
@@ -91,7 +91,6 @@ def _np_dtype(dtype):
     try:
         return np.dtype(dtype)
     except TypeError:
-        from ..backend import dtype_name
         return np.dtype(dtype_name(dtype))
 
 
