@@ -412,12 +412,15 @@ class _Reached(Exception):
 
 
 def time_to_accuracy(recipe="models/fashion_mnist.toml", dataset="fashion_mnist", target=0.86,
-                     val_fraction=0.1, max_epochs=None, n_inference=5000, n_train=None, log=print) -> dict:
+                     val_fraction=0.1, max_epochs=None, n_inference=5000, n_train=None, log=print,
+                     checkpoint=None) -> dict:
     """Wall time for ``recipe`` to reach ``target`` validation accuracy (its ``predict_method``,
     checked after every epoch on a held-out split of the training set; the test set is not used).
     Counts training and the per-epoch validation; stops at the first epoch that reaches the target
     or after ``max_epochs`` (default: the recipe's epochs). Also times inference by readout.
-    ``n_train``: a random subset of the training set (for tests; default all of it)."""
+    ``n_train``: a random subset of the training set (for tests; default all of it).
+    ``checkpoint(partial)``: called after every epoch with the results so far (a long run on a
+    busy machine leaves its progress behind even when it is stopped)."""
     from .config import load_config
     from .network import FFNetwork
     from .runs import prepare_data
@@ -432,6 +435,9 @@ def time_to_accuracy(recipe="models/fashion_mnist.toml", dataset="fashion_mnist"
                "eval_seconds": m.get("eval_seconds"), "val_acc": m["val_acc"],
                "wall_seconds": time.perf_counter() - t0, "load_average_1min": round(os.getloadavg()[0], 2)}
         per_epoch.append(row)
+        if checkpoint is not None:
+            checkpoint({"recipe": recipe, "dataset": dataset, "target_val_acc": target, "complete": False,
+                        "per_epoch": per_epoch})
         log(f"  epoch {row['epoch']}: {row['samples_per_s']:.0f} samples/s, val_acc {row['val_acc']:.4f}, "
             f"wall {row['wall_seconds'] / 60:.1f} min, load {row['load_average_1min']}")
         if row["val_acc"] >= target:
@@ -448,7 +454,7 @@ def time_to_accuracy(recipe="models/fashion_mnist.toml", dataset="fashion_mnist"
     net.predict(Xi[:cfg.eval_batch_size], "readout")
     t_inf = _timed(lambda: net.predict(Xi, "readout"))
     res = {"recipe": recipe, "dataset": dataset, "target_val_acc": target, "val_fraction": val_fraction,
-           "n_train": int(len(data.X_train)), "n_val": int(len(X_val)), "method": cfg.predict_method,
+           "complete": True, "n_train": int(len(data.X_train)), "n_val": int(len(X_val)), "method": cfg.predict_method,
            "reached": bool(reached), "wall_seconds_to_target": reached.get("wall_seconds"),
            "wall_minutes_to_target": reached["wall_seconds"] / 60 if reached else None,
            "epochs_to_target": reached.get("epoch"), "per_epoch": per_epoch,
@@ -521,7 +527,12 @@ def run_bench(quick: bool = False, out=None, shared_machine: bool = True, log=pr
     if against:
         result["against"] = bench_against(against, recipe, dataset, log=log)
     if tta:
-        result["time_to_accuracy"] = time_to_accuracy(recipe, dataset, target, log=log)
+        def checkpoint(partial):
+            if out:
+                from .runs import write_json
+                write_json(out, dict(result, time_to_accuracy=partial,
+                                     elapsed_s=time.perf_counter() - t_start))
+        result["time_to_accuracy"] = time_to_accuracy(recipe, dataset, target, log=log, checkpoint=checkpoint)
     big = [r for r in result["training"] if r["network"].endswith("2000-2000") and r["batch"] == 512]
     replay_mem = [m for m in result["memory"] if m["store_budget_mb"] == 0]
     result["targets"] = {
