@@ -71,6 +71,9 @@ def test_store_rejects_bad_input():
     res = run_phase(W, b, lif, get_goodness("energy"), srcs[0], 5, keep=slice(None))
     with pytest.raises(ValueError, match=r"modulators must have shape \(4,\)"):
         grads_from_store(res.stored, [np.ones(3), np.ones(4)])
+    grads_from_store(res.stored, [np.ones(4), np.ones(4)])
+    with pytest.raises(RuntimeError, match="already used"):
+        grads_from_store(res.stored, [np.ones(4), np.ones(4)])
     with pytest.raises(ValueError, match="store_budget_mb"):
         FFNetwork(store_budget_mb=-1)
 

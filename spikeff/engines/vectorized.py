@@ -73,6 +73,7 @@ class StoredFactors:
     n_steps: int
     rows: int
     goodness: Goodness
+    consumed: bool = False              # grads_from_store overwrote the kept potentials
 
     @property
     def nbytes(self) -> int:
@@ -281,10 +282,14 @@ class _Accumulator:
 
 def grads_from_store(stored: StoredFactors, modulators) -> list:
     """The update of each layer from a stored phase: ``[(dW, db)]`` (weights' namespace and dtype),
-    bit-identical to a replay (``run_phase(..., modulators=...)``) of the kept rows.
+    bit-identical to a replay (``run_phase(..., modulators=...)``) of the kept rows. Consumes
+    ``stored`` (numpy: the kept potentials are overwritten; call it once per stored phase).
 
     ``modulators[l]`` (R,) per layer (R = the kept rows), or None for a layer that does not learn.
     """
+    if stored.consumed:
+        raise RuntimeError("grads_from_store: these stored factors were already used (the kept "
+                           "potentials are overwritten); keep the phase again")
     out = []
     g = stored.goodness
     for l, chunks in enumerate(stored.chunks):
@@ -304,9 +309,11 @@ def grads_from_store(stored: StoredFactors, modulators) -> list:
         for V, Ev, e_b_steps in chunks:
             k = V.shape[0]
             if acc.np and g.fused is not None:
+                stored.consumed = True
                 post = post_buf[:k]
-                v = V.copy()               # the same fused kernel as the replay, on the same v
-                _parallel(lambda sl: g.fused(v[:, sl], post[:, sl], scale[:, sl]), R, N)
+                # the same fused kernel as the replay, on the same v (the kept v is used only here:
+                # overwriting it with g(v) saves a copy)
+                _parallel(lambda sl: g.fused(V[:, sl], post[:, sl], scale[:, sl]), R, N)
             else:
                 post = g.dg(V) * scale
             _accumulate(acc, post, xp.reshape(Ev, (k * R, M)), k, e_b_steps)
