@@ -90,8 +90,15 @@ def astype(a, dtype, xp):
     return a.astype(dtype) if xp is np else xp.astype(a, dtype)
 
 
+def device_of(a):
+    """The device of an array of any backend (None for numpy: the CPU)."""
+    if isinstance(a, (np.ndarray, np.generic)):
+        return None
+    return _compat().device(a)
+
+
 def like(a, ref):
     """A copy of numpy array ``a`` in the namespace and on the device of ``ref``."""
     if isinstance(ref, np.ndarray):
         return np.array(a)
-    return to_backend(a, namespace(ref), _compat().device(ref))
+    return to_backend(a, namespace(ref), device_of(ref))

@@ -153,7 +153,12 @@ def cmd_sweep(args):
 
 def cmd_bench(args):
     from .bench import run_bench
-    run_bench(quick=args.quick, out=args.out, shared_machine=not args.dedicated)
+    from .bench import DEFAULT_SECTIONS
+    sections = DEFAULT_SECTIONS if args.only is None else tuple(x for x in args.only.split(",") if x)
+    run_bench(quick=args.quick, out=args.out, shared_machine=not args.dedicated, against=args.against,
+              tta=args.time_to_accuracy, sections=sections, recipe=args.recipe, dataset=args.dataset,
+              target=args.target, command="spikeff " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"]
+              else None)
     return 0
 
 
@@ -257,6 +262,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="small CI-sized smoke run")
     b.add_argument("--out", default="results/bench.json", help="JSON output (default: results/bench.json)")
     b.add_argument("--dedicated", action="store_true", help="record that the machine was not shared")
+    b.add_argument("--only", default=None, metavar="SECTIONS",
+                   help="comma-separated sections to run (gemm,recipe,store,training,memory,kernels,brian2; "
+                        "default: all but store, which needs the recipe's data set; '' for none)")
+    b.add_argument("--against", default=None, metavar="DIR",
+                   help="also time the recipe's training step with the spikeff checkout in DIR (e.g. "
+                        "'git worktree add /tmp/perf-base a1729a8'), alternating with this one")
+    b.add_argument("--time-to-accuracy", action="store_true",
+                   help="also measure the wall time of the recipe to reach --target validation accuracy")
+    b.add_argument("--recipe", default="models/fashion_mnist.toml", help="recipe for --against/--time-to-accuracy")
+    b.add_argument("--dataset", default="fashion_mnist", help="data set for --against/--time-to-accuracy")
+    b.add_argument("--target", type=float, default=0.86, help="validation accuracy for --time-to-accuracy")
     b.set_defaults(func=cmd_bench)
     return p
 

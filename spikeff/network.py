@@ -10,8 +10,9 @@ One training step on a batch (see :meth:`FFNetwork.train_batch`):
 2. the positive phase (true labels) and the negative phase (wrong labels) are simulated as two
    separate epochs from rest (side by side as one batch), giving each layer's goodness per sample;
 3. each layer's FF loss gives a per-sample modulator (:mod:`spikeff.learning`);
-4. both phases are replayed with the modulators, accumulating each layer's local update
-   (:mod:`spikeff.engines.vectorized`); every layer takes one optimizer step.
+4. each layer's local update is formed with the modulators (:mod:`spikeff.engines.vectorized`):
+   from the learning factors kept during step 2 when they fit the ``store_budget_mb`` (no second
+   simulation), else by replaying both phases (memory flat in T); every layer takes one optimizer step.
 
 The negative labels of step 1 may come from the readout's current beliefs ("readout_hard").
 Phases that need no result of another are simulated side by side as one batch (neutral, positive
@@ -50,12 +51,35 @@ def _check_finite_goodness(goodness, what: str):
                                      "membrane potentials blew up; lower weight_init or learning_rate")
 
 
+STORE_BUDGET_MB = 1024.0     # default memory budget for keeping the first pass (store vs replay)
+
+
+def _check_budget(value, what):
+    import math
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{what}: must be a number >= 0 (MiB; 0 = always replay), got {value!r}")
+
+
+def _store_budget_from_env() -> float:
+    import os
+    env = os.environ.get("SPIKEFF_STORE_BUDGET_MB")
+    if env is None or env == "":
+        return STORE_BUDGET_MB
+    try:
+        value = float(env)
+    except ValueError:
+        raise ValueError(f"SPIKEFF_STORE_BUDGET_MB: must be a number >= 0 (MiB), got {env!r}") from None
+    _check_budget(value, "SPIKEFF_STORE_BUDGET_MB")
+    return value
+
+
 class FFNetwork:
     """Spiking Forward-Forward network. ``config``: an :class:`FFConfig` (keyword overrides allowed)."""
 
-    def __init__(self, config: FFConfig | None = None, **overrides):
+    def __init__(self, config: FFConfig | None = None, *, store_budget_mb: float | None = None, **overrides):
         config = config or FFConfig()
         self.config = config.replace(**overrides) if overrides else config
+        self.store_budget_mb = store_budget_mb
         self.history_: list[dict] = []
 
     # -- set-up ------------------------------------------------------------------------------
@@ -107,11 +131,46 @@ class FFNetwork:
         return SpikeSource(inten, c.encoding, c.n_steps, c.neuron.dt, c.max_rate, seed,
                            rows_per_noise=rows_per_noise, dtype=self.dtype, latency_period=c.latency_period)
 
-    def _run(self, source, modulators=None, record=False):
+    @property
+    def store_budget_mb(self) -> float:
+        """Memory (MiB) training may use to keep the first pass's learning factors instead of
+        replaying (:func:`spikeff.engines.vectorized.store_bytes`); 0: always replay. A run-time
+        setting like the thread counts, not part of the model's config: ``FFNetwork(...,
+        store_budget_mb=...)``, else env ``SPIKEFF_STORE_BUDGET_MB``, else 1024."""
+        if self._store_budget_mb is not None:
+            return self._store_budget_mb
+        return _store_budget_from_env()
+
+    @store_budget_mb.setter
+    def store_budget_mb(self, value):
+        if value is not None:
+            _check_budget(value, "store_budget_mb")
+        self._store_budget_mb = None if value is None else float(value)
+
+    def store_fits(self, rows: int) -> bool:
+        """Whether training keeps the learning factors of ``rows`` batch rows (store) instead of
+        replaying: the vectorized engine, and ``T x rows x sum(N + M)`` numbers within
+        :attr:`store_budget_mb`."""
+        from .engines.vectorized import store_bytes
+        c = self.config
+        return (c.engine == "vectorized"
+                and store_bytes(self.weights_, rows, c.n_steps) <= self.store_budget_mb * 2**20)
+
+    def _update(self, both, modulators, res):
+        """The layers' updates of the phases of source ``both`` with the ``modulators``: from
+        ``res.stored`` when the first pass kept them (``keep``), else by replaying ``both``."""
+        if res is not None and res.stored is not None:
+            from .engines.vectorized import grads_from_store
+            return grads_from_store(res.stored, modulators)
+        return self._run(both, modulators=modulators).grads
+
+    def _run(self, source, modulators=None, record=False, keep=None):
         c = self.config
         run_phase = get_engine(c.engine)
         biases = self.biases_ if c.learn_bias else [None] * len(self.weights_)
         kw = {"normalize": True} if c.normalization == "length" else {}
+        if keep is not None:
+            kw["keep"] = keep
         return run_phase(self.weights_, biases, self.lif, get_goodness(c.goodness), source,
                          c.chunk_steps, modulators=modulators, record=record, **kw)
 
@@ -238,11 +297,12 @@ class FFNetwork:
         if phase not in ("positive", "negative"):
             raise ValueError(f"phase: {phase!r} is not valid; choose one of ['positive', 'negative']")
         src = self._source(X, labels, seed)
-        res = self._run(src)
+        rows = slice(0, src.shape[0])
+        res = self._run(src, keep=rows if self.store_fits(src.shape[0]) else None)
         _check_finite_goodness(res.goodness, f"{phase} phase")
         mods = [ff_loss(g, g, c.loss, c.goodness_threshold, c.loss_sharpness)[1 if phase == "positive" else 2]
                 for g in res.goodness]
-        self._apply_grads([self._run(src, modulators=mods).grads])
+        self._apply_grads([self._update(src, mods, res)])
         return [float(g.mean()) for g in res.goodness]
 
     def train_batch(self, X, y, seed) -> dict:
@@ -267,7 +327,10 @@ class FFNetwork:
         both = ConcatSource([src_pos, src_neg])
         with_neutral = src_neutral is not None and neutral_ng is None
         first = ConcatSource([src_neutral, src_pos, src_neg]) if with_neutral else both
-        res = self._run(first)
+        # store (keep the positive and negative rows' learning factors) or replay, by the budget
+        rows = slice(first.shape[0] - both.shape[0], first.shape[0])
+        store = self.store_fits(both.shape[0])
+        res = self._run(first, keep=rows if store else None)
         parts = [first.split(g) for g in res.goodness]      # per layer: ([neutral,] positive, negative)
         g_pos, g_neg = [p[-2] for p in parts], [p[-1] for p in parts]
         if with_neutral:
@@ -288,10 +351,9 @@ class FFNetwork:
                                          "lower learning_rate or weight_init")
             losses.append(value)
             mods.append(np.concatenate([mp, mn]))
-        grads = self._run(both, modulators=mods).grads     # replay with the modulators
-        self._apply_grads([grads])
+        self._apply_grads([self._update(both, mods, res)])
         out.update(loss=losses, g_pos=[float(g.mean()) for g in g_pos],
-                   g_neg=[float(g.mean()) for g in g_neg])
+                   g_neg=[float(g.mean()) for g in g_neg], update="store" if store else "replay")
         return out
 
     def train_epoch(self, X, y, epoch: int, progress: bool = False, n_epochs: int | None = None) -> dict:

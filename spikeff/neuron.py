@@ -180,14 +180,20 @@ def lif_scan_xp(u_chunk, dec, p: DiscreteLIF, xp, ref=None):
     Returns ``(v_chunk, dec, ref)``: the pre-reset potentials stacked (k, B, N) and the new state.
     """
     vs = []
+    # constants as 0-d arrays on the chunk's device (a GPU, or array_api_strict's other device)
+    from .backend import device_of
+    dev = {} if device_of(u_chunk) is None else {"device": device_of(u_chunk)}
+    v_reset = xp.asarray(p.v_reset, dtype=u_chunk.dtype, **dev)
+    if ref is not None:
+        ref_steps = xp.asarray(p.refractory_steps, dtype=ref.dtype, **dev)
+        zero = xp.zeros_like(ref)
     for j in range(u_chunk.shape[0]):
         v = u_chunk[j, ...] + dec
         if ref is not None:
-            v = xp.where(ref > 0, xp.asarray(p.v_reset, dtype=v.dtype), v)
+            v = xp.where(ref > 0, v_reset, v)
         spikes = v > p.v_threshold
-        dec = p.a_mem * xp.where(spikes, xp.asarray(p.v_reset, dtype=v.dtype), v)
+        dec = p.a_mem * xp.where(spikes, v_reset, v)
         if ref is not None:
-            ref = xp.where(spikes, xp.asarray(p.refractory_steps, dtype=ref.dtype),
-                           xp.maximum(ref - 1, xp.zeros_like(ref)))
+            ref = xp.where(spikes, ref_steps, xp.maximum(ref - 1, zero))
         vs.append(v)
     return xp.stack(vs), dec, ref

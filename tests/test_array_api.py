@@ -14,6 +14,13 @@ xps = pytest.importorskip("array_api_strict")
 pytest.importorskip("array_api_compat")
 
 
+def _other_device():
+    try:
+        return xps.Device("device1")
+    except (TypeError, ValueError, AttributeError):
+        pytest.skip("this array_api_strict has no non-default device (needs >= 2.2)")
+
+
 def _net_inputs(rng, dtype=np.float64):
     W = [rng.normal(0, 0.6, (20, 15)).astype(dtype), rng.normal(0, 0.6, (10, 20)).astype(dtype)]
     b = [rng.normal(0, 0.05, 20).astype(dtype), rng.normal(0, 0.05, 10).astype(dtype)]
@@ -91,3 +98,53 @@ def test_config_backend_field_is_checked():
     assert FFConfig().backend == "numpy"
     with pytest.raises(ConfigError, match="backend"):
         FFConfig(backend="tensorflow")
+
+
+def test_everything_runs_on_the_weights_device():
+    """A GPU path: every buffer, filter, modulator and input chunk is put on the weights' device.
+    array_api_strict refuses to mix devices, so its non-default device stands in for a GPU."""
+    from spikeff.backend import device_of
+    from spikeff.engines.vectorized import grads_from_store
+    dev = _other_device()
+    assert dev != xps.Device("CPU_DEVICE")
+    rng = np.random.default_rng(2)
+    lif = DiscreteLIF.from_config(NeuronConfig(refractory=2e-3))
+    g = get_goodness("energy_relu")
+    W, b, src = _net_inputs(rng)
+    Wx = [xps.asarray(w, device=dev) for w in W]
+    bx = [xps.asarray(v, device=dev) for v in b]
+    mods = [rng.normal(size=4), rng.normal(size=4)]
+    ref = run_phase(W, b, lif, g, src, chunk_steps=5, modulators=mods)
+    replay = run_phase(Wx, bx, lif, g, src, chunk_steps=5, modulators=mods)
+    first = run_phase(Wx, bx, lif, g, src, chunk_steps=5, keep=slice(None))
+    stored = grads_from_store(first.stored, mods)
+    for l in range(2):
+        for grads in (replay.grads, stored):
+            assert device_of(grads[l][0]) == dev and device_of(grads[l][1]) == dev
+            np.testing.assert_allclose(to_numpy(grads[l][0]), ref.grads[l][0], rtol=1e-10, atol=1e-14)
+        np.testing.assert_array_equal(to_numpy(stored[l][0]), to_numpy(replay.grads[l][0]))
+        np.testing.assert_allclose(first.goodness[l], ref.goodness[l], rtol=1e-12)
+    # length normalisation between layers on the device too
+    run_phase(Wx, bx, lif, g, src, chunk_steps=5, normalize=True)
+
+
+def test_network_trains_on_the_weights_device(small_config, digits):
+    """FFNetwork with weights (and optimizer state) on array_api_strict's non-default device."""
+    from spikeff.backend import device_of
+    from spikeff.learning import make_optimizer
+    X, y = digits.X_train[:32], digits.y_train[:32]
+    dev = _other_device()
+    ref = FFNetwork(small_config, learn_bias=True).initialize(X.shape[1], 10)
+    net = FFNetwork(small_config, backend="array_api_strict", learn_bias=True).initialize(X.shape[1], 10)
+    net.weights_ = [xps.asarray(np.array(to_numpy(w)), device=dev) for w in net.weights_]
+    net.biases_ = [xps.asarray(np.array(to_numpy(v)), device=dev) for v in net.biases_]
+    net.optimizers_ = [make_optimizer(small_config.optimizer, [w, v], small_config.learning_rate)
+                       for w, v in zip(net.weights_, net.biases_)]
+    oa, ob = ref.train_batch(X, y, seed=[0, 1]), net.train_batch(X, y, seed=[0, 1])
+    assert ob["update"] == "store"
+    np.testing.assert_allclose(ob["loss"], oa["loss"], rtol=1e-10)
+    for Wa, Wb in zip(ref.weights_, net.weights_):
+        assert device_of(Wb) == dev
+        np.testing.assert_allclose(to_numpy(Wb), Wa, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(net.predict(X[:8]), ref.predict(X[:8]))
+    np.testing.assert_array_equal(net.predict(X[:8], "readout"), ref.predict(X[:8], "readout"))

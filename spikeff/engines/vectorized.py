@@ -19,13 +19,23 @@ Learning (``modulators`` given): the exact subthreshold gradient of each layer's
 ``dG_b/dW = 1/(T N) sum_t g'(v_b[t]) (outer) e_v_b[t]``, weighted by the per-sample FF modulator
 ``m_b`` and summed over the batch: one GEMM ``(N, k*B) @ (k*B, M)`` per chunk. The reset is
 ignored in the gradient (as e-prop does). Since ``m_b`` needs the goodness of the whole window,
-training *replays* a phase: a first call without modulators gives G, a second with them
-accumulates the update. The input spikes are regenerated from the same seed, so the replay is
-exact. All work buffers are allocated once per call with ``chunk_steps`` rows: memory is
-O(chunk_steps), not O(T).
+the update is computed after the phase, in one of two ways that give bit-identical updates:
+
+* **store** (``keep=rows``): the first call also keeps, for the kept batch rows, what the update
+  needs of every step (the pre-reset potentials ``v`` and the traces ``e_v``: ``T x rows x (N + M)``
+  numbers per layer); :func:`grads_from_store` then forms ``g'(v) m_b`` and the same per-chunk
+  gradient GEMMs without simulating again;
+* **replay**: a second call with the modulators simulates the phase again (the input spikes are
+  regenerated from the same seed, so the replay is exact) and accumulates the update chunk by
+  chunk: memory O(chunk_steps), not O(T).
+
+The caller chooses by a memory budget (:func:`store_bytes`; ``FFNetwork.store_budget_mb``). All
+work buffers are allocated once per call with ``chunk_steps`` rows.
 
 Any array-API namespace works (the one of the weights: numpy, cupy, torch); numpy uses in-place
-``out=`` kernels, others the functional form :func:`spikeff.neuron.lif_scan_xp`.
+``out=`` kernels, others the functional form :func:`spikeff.neuron.lif_scan_xp`. Every array is
+created on the device of the weights (a GPU, or ``array_api_strict``'s non-default device in the
+tests), so the whole phase runs there.
 """
 from __future__ import annotations
 
@@ -34,7 +44,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..backend import astype, namespace, to_backend, to_numpy
+from ..backend import astype, device_of, dtype_name, namespace, to_backend, to_numpy
 from ..goodness import Goodness
 from ..neuron import DiscreteLIF, lif_scan, lif_scan_xp, trace_filter, trace_scan
 
@@ -48,6 +58,41 @@ class PhaseResult:
     spike_counts: list                  # (B, N)
     grads: list | None = None           # [(dW (N, M), db (N,))] when modulators were given (weights' namespace)
     record: dict = field(default_factory=dict)   # "input" (T,B,M), "spikes"/"v" lists of (T,B,N)
+    stored: "StoredFactors | None" = None        # with keep=rows: what grads_from_store needs
+
+
+@dataclass
+class StoredFactors:
+    """What the local update needs of a phase, for the kept rows (see :func:`grads_from_store`).
+
+    ``chunks[l]``: list of ``(v, e_v, e_b_steps)`` per chunk: pre-reset potentials (k, R, N), presynaptic
+    traces e_v (k, R, M) (weights' namespace and dtype) and the bias trace (k,) float64.
+    """
+
+    chunks: list
+    n_steps: int
+    rows: int
+    goodness: Goodness
+    consumed: bool = False              # grads_from_store overwrote the kept potentials
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum((v.size + e.size) * _np_dtype(v.dtype).itemsize
+                       for layer in self.chunks for v, e, _ in layer))
+
+
+def store_bytes(weights, rows: int, n_steps: int) -> int:
+    """Bytes that storing a phase of ``rows`` batch rows and ``n_steps`` steps takes
+    (``T x rows x (N + M)`` numbers per layer, in the weights' dtype)."""
+    item = _np_dtype(weights[0].dtype).itemsize
+    return int(n_steps * rows * sum(W.shape[0] + W.shape[1] for W in weights) * item)
+
+
+def _np_dtype(dtype):
+    try:
+        return np.dtype(dtype)
+    except TypeError:
+        return np.dtype(dtype_name(dtype))
 
 
 _POOL = None
@@ -80,16 +125,21 @@ def _parallel(fn, B, N, min_work=1 << 16):
 class _Layer:
     """Buffers and state of one layer for one phase (O(chunk_steps) memory)."""
 
-    def __init__(self, W, bias, lif, goodness, B, K, modulator, T, xp, normalize=False):
+    def __init__(self, W, bias, lif, goodness, B, K, modulator, T, xp, normalize=False, keep=None):
         N, M = W.shape
         self.W, self.bias, self.lif, self.goodness, self.xp = W, bias, lif, goodness, xp
         self.normalize = normalize
         self.B, self.N, self.M, self.dtype = B, N, M, W.dtype
         self.np = xp is np
+        self.device = None if self.np else device_of(W)
         self.learn = modulator is not None
+        self.keep = keep                       # rows whose v and e_v are stored (None: store nothing)
+        self.stored = []
+        self.ev = self.learn or keep is not None   # the traces e_v are needed
         self._filters = {}
         f64 = np.float64 if self.np else xp.float64
-        zeros = (lambda shape, dt=self.dtype: xp.zeros(shape, dtype=dt))
+        dev = {} if self.np else {"device": self.device}
+        zeros = (lambda shape, dt=self.dtype: xp.zeros(shape, dtype=dt, **dev))
         self.dec = zeros((B, N))                                  # a_mem * v after reset
         self.ref = zeros((B, N), np.int32 if self.np else xp.int32) if lif.refractory_steps > 0 else None
         self.g_acc = zeros((B, N), f64)
@@ -97,7 +147,7 @@ class _Layer:
         if self.np:
             # Z rows: e_u, e_v (state at the chunk start), x[t0-1], then the chunk's k input steps
             self.Z = zeros((K + 3, B, M))
-            self.E = np.empty(((2 if self.learn else 1) * K, B * M), dtype=self.dtype)
+            self.E = np.empty(((2 if self.ev else 1) * K, B * M), dtype=self.dtype)
             self.U = np.empty((K, B, N), dtype=self.dtype)
             self.mask = np.empty((B, N), dtype=bool)
             self.rmask = np.empty((B, N), dtype=bool) if self.ref is not None else None
@@ -105,7 +155,7 @@ class _Layer:
             self.state = zeros((3, B, M))                         # e_u, e_v, x[t0-1]
         if self.learn:
             scale = np.asarray(to_numpy(modulator), dtype=np.float64) / (T * N)
-            self.scale = to_backend(scale.reshape(1, B, 1), xp, dtype=self.dtype)
+            self.scale = to_backend(scale.reshape(1, B, 1), xp, self.device, dtype=self.dtype)
             self.dW = zeros((N, M), f64)
             self.db = zeros((N,), f64)
             if self.np:
@@ -118,8 +168,8 @@ class _Layer:
 
     def filter(self, k):
         if k not in self._filters:
-            f = trace_filter(self.lif, k, with_ev=self.learn)
-            self._filters[k] = to_backend(f, self.xp, dtype=self.dtype)
+            f = trace_filter(self.lif, k, with_ev=self.ev)
+            self._filters[k] = to_backend(f, self.xp, self.device, dtype=self.dtype)
         return self._filters[k]
 
     def run_chunk(self, x, k, out, e_b_steps):
@@ -137,13 +187,13 @@ class _Layer:
             else:
                 x = X
         if self.np:
-            E = self.E[:(2 if self.learn else 1) * k]
+            E = self.E[:(2 if self.ev else 1) * k]
             E3 = E.reshape(-1, B, M)
-            _parallel(lambda sl: trace_scan(self.Z[:k + 2, sl], E3[:, sl], k, lif, self.learn), B, M)
+            _parallel(lambda sl: trace_scan(self.Z[:k + 2, sl], E3[:, sl], k, lif, self.ev), B, M)
             V = self.U[:k]
             np.matmul(E[:k].reshape(k * B, M), self.W.T, out=V.reshape(k * B, N))
             self.Z[0] = E[k - 1].reshape(B, M)
-            if self.learn:
+            if self.ev:
                 self.Z[1] = E[2 * k - 1].reshape(B, M)
             self.Z[2] = self.Z[2 + k]
             if self.bias is not None:
@@ -159,19 +209,26 @@ class _Layer:
             Z = xp.concat([self.state, x[:k - 1, ...]], axis=0)
             E = self.filter(k) @ xp.reshape(Z, (k + 2, B * M))
             U = xp.reshape(xp.reshape(E[:k, ...], (k * B, M)) @ self.W.T, (k, B, N))
-            ev_end = E[2 * k - 1, ...] if self.learn else self.state[1, ...]
+            ev_end = E[2 * k - 1, ...] if self.ev else self.state[1, ...]
             self.state = xp.stack([xp.reshape(E[k - 1, ...], (B, M)), xp.reshape(ev_end, (B, M)),
                                    x[k - 1, ...]])
             if self.bias is not None:
                 U = U + self.bias
             V, self.dec, self.ref = lif_scan_xp(U, self.dec, lif, xp, self.ref)
-            out = xp.astype(V > lif.v_threshold, self.dtype)
+            out = xp.astype(V > lif.v_threshold, self.dtype)   # (on V's device)
             self.counts += xp.astype(xp.sum(out, axis=0), self.counts.dtype)
         return out, V, E
 
     def goodness_chunk(self, V, E, k, e_b_steps):
         """Accumulate g(v) of the chunk (destroys V on numpy) and, when learning, the gradient."""
         xp, B, N, M = self.xp, self.B, self.N, self.M
+        if self.keep is not None:          # store v and e_v of the kept rows before V is overwritten
+            ev = xp.reshape(E[k:2 * k, ...], (k, B, M))
+            if self.np:
+                self.stored.append((V[:, self.keep].copy(), ev[:, self.keep].copy(), e_b_steps.copy()))
+            else:
+                self.stored.append((xp.asarray(V[:, self.keep, :], copy=True),
+                                    xp.asarray(ev[:, self.keep, :], copy=True), e_b_steps.copy()))
         fused = self.goodness.fused if self.np else None
         if fused is not None:
             post = self.post[:k] if self.learn else None
@@ -185,22 +242,87 @@ class _Layer:
             post = self.goodness.dg(V) * self.scale if self.learn else None
         if not self.learn:
             return
-        post2 = xp.reshape(post, (k * B, N))
-        Ev = xp.reshape(E[k:2 * k, ...], (k * B, M))
+        _accumulate(self, post, xp.reshape(E[k:2 * k, ...], (k * B, M)), k, e_b_steps)
+
+
+def _accumulate(acc, post, Ev, k, e_b_steps):
+    """``acc.dW += post^T Ev`` and ``acc.db += e_b . sum_b post`` for one chunk: the one place the
+    update is formed, for the replay and for :func:`grads_from_store` (so both are bit-identical).
+    ``post`` (k, B, N): ``g'(v) m_b / (T N)``; ``Ev`` (k*B, M)."""
+    xp = acc.xp
+    B, N = post.shape[1], post.shape[2]
+    post2 = xp.reshape(post, (k * B, N))
+    if acc.np:
+        np.matmul(post2.T, Ev, out=acc.dW_chunk)
+        acc.dW += acc.dW_chunk
+        # over the whole batch at once (not per thread's part): the sum's order, and so its
+        # last bits, do not depend on how many threads did the elementwise work
+        acc.db += e_b_steps @ post.sum(axis=1, dtype=np.float64)
+    else:
+        acc.dW += astype(post2.T @ Ev, acc.dW.dtype, xp)
+        eb = to_backend(e_b_steps, xp, acc.device, dtype=np.float64)
+        acc.db += eb @ astype(xp.sum(post, axis=1), acc.db.dtype, xp)
+
+
+class _Accumulator:
+    """The gradient sums of one layer for :func:`grads_from_store` (same fields as a learning _Layer)."""
+
+    def __init__(self, like_v, like_e, xp):
+        self.xp, self.np = xp, xp is np
+        N, M = like_v.shape[2], like_e.shape[2]
+        self.device = None if self.np else device_of(like_v)
+        dev = {} if self.np else {"device": self.device}
+        f64 = np.float64 if self.np else xp.float64
+        self.dW = xp.zeros((N, M), dtype=f64, **dev)
+        self.db = xp.zeros((N,), dtype=f64, **dev)
+        self.dtype = like_v.dtype
         if self.np:
-            np.matmul(post2.T, Ev, out=self.dW_chunk)
-            self.dW += self.dW_chunk
-            # over the whole batch at once (not per thread's part): the sum's order, and so its
-            # last bits, do not depend on how many threads did the elementwise work
-            self.db += e_b_steps @ post.sum(axis=1, dtype=np.float64)
-        else:
-            self.dW += astype(post2.T @ Ev, self.dW.dtype, xp)
-            eb = to_backend(e_b_steps, xp, dtype=np.float64)
-            self.db += eb @ astype(xp.sum(post, axis=1), self.db.dtype, xp)
+            self.dW_chunk = np.empty((N, M), dtype=self.dtype)
+
+
+def grads_from_store(stored: StoredFactors, modulators) -> list:
+    """The update of each layer from a stored phase: ``[(dW, db)]`` (weights' namespace and dtype),
+    bit-identical to a replay (``run_phase(..., modulators=...)``) of the kept rows. Consumes
+    ``stored`` (numpy: the kept potentials are overwritten; call it once per stored phase).
+
+    ``modulators[l]`` (R,) per layer (R = the kept rows), or None for a layer that does not learn.
+    """
+    if stored.consumed:
+        raise RuntimeError("grads_from_store: these stored factors were already used (the kept "
+                           "potentials are overwritten); keep the phase again")
+    out = []
+    g = stored.goodness
+    for l, chunks in enumerate(stored.chunks):
+        m = modulators[l]
+        if m is None or not chunks:
+            out.append(None)
+            continue
+        v0, e0, _ = chunks[0]
+        xp = np if isinstance(v0, np.ndarray) else namespace(v0)
+        acc = _Accumulator(v0, e0, xp)
+        N, M, R = v0.shape[2], e0.shape[2], stored.rows
+        m = np.asarray(to_numpy(m), dtype=np.float64)
+        if m.shape != (R,):
+            raise ValueError(f"layer {l}: modulators must have shape ({R},) (one per kept row), got {m.shape}")
+        scale = to_backend((m / (stored.n_steps * N)).reshape(1, R, 1), xp, acc.device, dtype=acc.dtype)
+        post_buf = np.empty_like(v0) if acc.np else None
+        for V, Ev, e_b_steps in chunks:
+            k = V.shape[0]
+            if acc.np and g.fused is not None:
+                stored.consumed = True
+                post = post_buf[:k]
+                # the same fused kernel as the replay, on the same v (the kept v is used only here:
+                # overwriting it with g(v) saves a copy)
+                _parallel(lambda sl: g.fused(V[:, sl], post[:, sl], scale[:, sl]), R, N)
+            else:
+                post = g.dg(V) * scale
+            _accumulate(acc, post, xp.reshape(Ev, (k * R, M)), k, e_b_steps)
+        out.append((astype(acc.dW, acc.dtype, xp), astype(acc.db, acc.dtype, xp)))
+    return out
 
 
 def run_phase(weights, biases, lif: DiscreteLIF, goodness: Goodness, source, chunk_steps: int,
-              modulators=None, record: bool = False, normalize: bool = False) -> PhaseResult:
+              modulators=None, record: bool = False, normalize: bool = False, keep=None) -> PhaseResult:
     """Simulate one phase of the network on the spikes of ``source`` (a SpikeSource).
 
     ``normalize``: layers after the first receive the spikes of the layer below scaled to a fixed
@@ -212,13 +334,18 @@ def run_phase(weights, biases, lif: DiscreteLIF, goodness: Goodness, source, chu
     ``weights[l]`` has shape (N_l, M_l); ``biases[l]`` (N_l,) or None. ``modulators[l]`` (B,) or
     None per layer: when given, the layer's weight gradient ``sum_b m_b dG_b/dW`` is returned.
     ``record=True`` also returns the input spikes, spikes and pre-reset potentials for all steps.
+    ``keep``: a slice of batch rows whose learning factors are stored for :func:`grads_from_store`
+    (``PhaseResult.stored``; :func:`store_bytes` of memory), or None.
     """
     xp = namespace(*weights)
+    if keep is not None and not isinstance(keep, slice):
+        raise TypeError(f"keep must be a slice of batch rows or None, got {type(keep).__name__}")
     B, T, L = source.shape[0], source.n_steps, len(weights)
     K = min(chunk_steps, T)
     mods = modulators if modulators is not None else [None] * L
-    layers = [_Layer(W, biases[l], lif, goodness, B, K, mods[l], T, xp, normalize=normalize and l > 0)
-              for l, W in enumerate(weights)]
+    layers = [_Layer(W, biases[l], lif, goodness, B, K, mods[l], T, xp, normalize=normalize and l > 0,
+                     keep=keep) for l, W in enumerate(weights)]
+    device = None if xp is np else device_of(weights[0])
     last_out = np.empty((K, B, weights[-1].shape[0]), dtype=weights[-1].dtype) if xp is np else None
     rec_in, rec_s, rec_v = [], [[] for _ in range(L)], [[] for _ in range(L)]
     e_b = 0.0
@@ -234,7 +361,7 @@ def run_phase(weights, biases, lif: DiscreteLIF, goodness: Goodness, source, chu
             layers[0].input_buffer(k)[...] = chunk
             x = None
         else:
-            x = to_backend(chunk, xp, dtype=chunk.dtype)
+            x = to_backend(chunk, xp, device, dtype=chunk.dtype)
         for l, layer in enumerate(layers):
             dest = (layers[l + 1].input_buffer(k) if l + 1 < L else last_out[:k]) if xp is np else None
             x, V, E = layer.run_chunk(x, k, dest, e_b_steps)
@@ -249,6 +376,8 @@ def run_phase(weights, biases, lif: DiscreteLIF, goodness: Goodness, source, chu
     if any(layer.learn for layer in layers):
         result.grads = [(astype(layer.dW, layer.dtype, xp), astype(layer.db, layer.dtype, xp))
                         if layer.learn else None for layer in layers]
+    if keep is not None:
+        result.stored = StoredFactors([layer.stored for layer in layers], T, len(range(B)[keep]), goodness)
     if record:
         result.record = {"input": np.concatenate(rec_in),
                          "spikes": [np.concatenate(s) for s in rec_s],
