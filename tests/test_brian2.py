@@ -127,7 +127,7 @@ def test_registry_and_bad_input(target):
     with pytest.raises(ValueError, match="no Brian2 expression"):
         brian2_engine.run_phase(W, b, lif, Goodness("custom", np.abs, np.sign), pos)
     target("cpp")
-    with pytest.raises(ValueError, match="choose one of \\['numpy', 'cython'\\]"):
+    with pytest.raises(ValueError, match="choose one of \\['numpy', 'cython', 'cpp_standalone'\\]"):
         brian2_engine.run_phase(W, b, lif, g, pos)
 
 
