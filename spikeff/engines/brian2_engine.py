@@ -68,6 +68,7 @@ from rest. Brian2 always computes in float64; results are cast to the weights' d
 from __future__ import annotations
 
 import atexit
+import hashlib
 import os
 import re
 import shutil
@@ -84,6 +85,10 @@ TARGETS = ("numpy", "cython", "cpp_standalone")
 TARGET = os.environ.get("SPIKEFF_BRIAN2_TARGET", "numpy")
 #: most replicas (samples simulated side by side) of one network; larger batches run as several epochs
 MAX_REPLICAS = int(os.environ.get("SPIKEFF_BRIAN2_REPLICAS", "64"))
+#: cpp_standalone: root of a build cache shared by processes (one folder per network, reused when
+#: the generated code is the same: Brian2 rewrites only changed files, make recompiles only those);
+#: None: a temporary folder per network and process, removed at exit
+BUILD_DIR = os.environ.get("SPIKEFF_BRIAN2_BUILD_DIR") or None
 
 
 def _check_target(target: str) -> str:
@@ -189,13 +194,22 @@ class _Network:
         if self.standalone:
             from brian2.devices.cpp_standalone.device import CPPStandaloneDevice
             from brian2.devices.device import reset_device, set_device
-            self.directory = tempfile.mkdtemp(prefix="spikeff-brian2-")
-            _BUILD_DIRS.append(self.directory)
+            from brian2.utils.filelock import FileLock
+            if BUILD_DIR:
+                spec = repr((b2.__version__, self.sizes, R, T, lif, goodness.name, goodness.expr,
+                             goodness.dexpr, record, b2.prefs.codegen.cpp.extra_compile_args_gcc))
+                self.directory = os.path.join(BUILD_DIR, hashlib.sha256(spec.encode()).hexdigest()[:16])
+                os.makedirs(self.directory, exist_ok=True)
+            else:
+                self.directory = tempfile.mkdtemp(prefix="spikeff-brian2-")
+                _BUILD_DIRS.append(self.directory)
+            self.lock = FileLock(self.directory + ".lock")
             self.device = CPPStandaloneDevice()             # one device (project) per network
             set_device(self.device, build_on_run=False, directory=self.directory)
             try:
                 self._build(goodness)
-                self.device.build(directory=self.directory, compile=True, run=False, with_output=False)
+                with self.lock:
+                    self.device.build(directory=self.directory, compile=True, run=False, with_output=False)
             finally:
                 reset_device()
         else:
@@ -281,33 +295,38 @@ class _Network:
                 args[self.groups[l + 1].b] = b_vals[l] * b2.volt
                 if learn[l]:
                     args[self.groups[l + 1].m] = m_vals[l]
-            self.device.run(run_args=args, with_output=False)
-            for name in self.device.run_args_arrays:        # the per-epoch input files
-                fname = os.path.join(self.device.project_dir, "static_arrays", name)
-                for f in (fname, fname + ".lock"):
-                    if os.path.exists(f):
-                        os.remove(f)
-            t0 = 0.0
-        else:
-            b2.prefs.codegen.target = self.target
-            if self.flat is None:
-                self._flat_indices()
-            self._reset()
-            for l, syn in enumerate(self.synapses):          # weights in place, only when changed
-                W = np.asarray(weights[l], np.float64)
-                if self._w_loaded[l] is None or not np.array_equal(self._w_loaded[l], W):
-                    syn.variables["w"].set_value(W.ravel()[self.flat[l]] * volt_per_mV)
-                    self._w_loaded[l] = W.copy()
-            for l in range(L):
-                self.groups[l + 1].variables["b"].set_value(b_vals[l])
-                self.groups[l + 1].variables["m"].set_value(m_vals[l])
-            t0 = float(self.net.t)
-            self.groups[0].namespace["stimulus"] = b2.TimedArray(stim, dt=self.lif.dt * b2.second,
-                                                                 name="stimulus")
-            self.groups[0].variables["t_start"].set_value(t0)
-            n_spk = [mon.num_spikes for mon in self.s_mons]
-            n_v = [len(mon.t[:]) for mon in self.v_mons]
-            self.net.run(T * self.lif.dt * b2.second, namespace={})
+            with self.lock:                                 # (a build folder shared by processes)
+                self.device.run(run_args=args, with_output=False)
+                out = self._results(learn, 0.0, None, None)
+                for name in self.device.run_args_arrays:    # the per-epoch input files
+                    fname = os.path.join(self.device.project_dir, "static_arrays", name)
+                    for f in (fname, fname + ".lock"):
+                        if os.path.exists(f):
+                            os.remove(f)
+            return out
+        b2.prefs.codegen.target = self.target
+        if self.flat is None:
+            self._flat_indices()
+        self._reset()
+        for l, syn in enumerate(self.synapses):          # weights in place, only when changed
+            W = np.asarray(weights[l], np.float64)
+            if self._w_loaded[l] is None or not np.array_equal(self._w_loaded[l], W):
+                syn.variables["w"].set_value(W.ravel()[self.flat[l]] * volt_per_mV)
+                self._w_loaded[l] = W.copy()
+        for l in range(L):
+            self.groups[l + 1].variables["b"].set_value(b_vals[l])
+            self.groups[l + 1].variables["m"].set_value(m_vals[l])
+        t0 = float(self.net.t)
+        self.groups[0].namespace["stimulus"] = b2.TimedArray(stim, dt=self.lif.dt * b2.second,
+                                                             name="stimulus")
+        self.groups[0].variables["t_start"].set_value(t0)
+        n_spk = [mon.num_spikes for mon in self.s_mons]
+        n_v = [len(mon.t[:]) for mon in self.v_mons]
+        self.net.run(T * self.lif.dt * b2.second, namespace={})
+        return self._results(learn, t0, n_spk, n_v)
+
+    def _results(self, learn, t0, n_spk, n_v):
+        R, T, L, volt_per_mV = self.R, self.T, self.L, float(self.b2.mV)
         if self.flat is None:
             self._flat_indices()
         out = []
@@ -422,6 +441,11 @@ class Brian2Engine:
 
 
 _DEFAULT = Brian2Engine()
+
+
+def make_engine() -> Brian2Engine:
+    """A new engine with its own persistent networks (``FFNetwork`` keeps one per model)."""
+    return Brian2Engine()
 
 
 def run_phase(weights, biases, lif: DiscreteLIF, goodness: Goodness, source, chunk_steps: int = 0,
