@@ -175,6 +175,8 @@ _BUILD_DIRS: list[str] = []
 def _remove_build_dirs():
     for d in _BUILD_DIRS:
         shutil.rmtree(d, ignore_errors=True)
+        if os.path.exists(d + ".lock"):
+            os.remove(d + ".lock")
 
 
 class _Network:
@@ -190,6 +192,7 @@ class _Network:
         self.flat = None                                    # per layer: index into W.ravel() of each synapse
         self._w_loaded = [None] * self.L                    # runtime: weights now in the Synapses
         self.build_seconds = 0.0
+        self.epochs_run = 0                                 # run() epochs (phases) so far
         t0 = time.perf_counter()
         if self.standalone:
             from brian2.devices.cpp_standalone.device import CPPStandaloneDevice
@@ -243,6 +246,7 @@ class _Network:
                               on_pre={"pre": "I_in_post += w"},
                               on_post={"learn": "dW += gp_post*e_v_pre"},
                               on_event={"pre": "spike", "learn": "learn"},
+                              delay={"pre": 0 * b2.second, "learn": 0 * b2.second},  # shared, not per synapse
                               dt=dt, namespace={"W_table": table}, name=f"synapses{l}")
             # all-to-all within each replica: presynaptic i of replica i // M -> that replica's N
             syn.connect(j=f"k for k in range((i // {M})*{N}, (i // {M} + 1)*{N})")
@@ -284,6 +288,7 @@ class _Network:
         b2, R, T, L = self.b2, self.R, self.T, self.L
         volt_per_mV = float(b2.mV)
         stim = np.ascontiguousarray(x.reshape(T, -1), dtype=np.float64)
+        self.epochs_run += 1
         b_vals = [np.tile(np.zeros(self.sizes[l + 1]) if b is None else np.asarray(b, np.float64), R) * volt_per_mV
                   for l, b in enumerate(biases)]
         m_vals = [np.repeat(np.asarray(m, np.float64), self.sizes[l + 1]) for l, m in enumerate(mods)]
