@@ -29,7 +29,7 @@ from .config import FFConfig
 from .backend import get_backend, to_backend
 from .data import DataError, check_X, check_Xy
 from .encoding import NEUTRAL, ConcatSource, SpikeSource, overlay_labels
-from .engines import get_engine
+from .engines import make_engine
 from .goodness import get_goodness
 from .learning import ff_loss, lr_factor, make_optimizer
 from .negatives import hard_wrong_labels, hybrid_images, random_wrong_labels
@@ -164,9 +164,16 @@ class FFNetwork:
             return grads_from_store(res.stored, modulators)
         return self._run(both, modulators=modulators).grads
 
+    def _engine(self):
+        """The engine's ``run_phase`` for this model (one instance per model and engine name, so an
+        engine with state, e.g. Brian2's persistent network, keeps it across batches)."""
+        if getattr(self, "_engine_name", None) != self.config.engine:
+            self._engine_name, self._engine_run = self.config.engine, make_engine(self.config.engine)
+        return self._engine_run
+
     def _run(self, source, modulators=None, record=False, keep=None):
         c = self.config
-        run_phase = get_engine(c.engine)
+        run_phase = self._engine()
         biases = self.biases_ if c.learn_bias else [None] * len(self.weights_)
         kw = {"normalize": True} if c.normalization == "length" else {}
         if keep is not None:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from spikeff import FFConfig, FFNetwork, NeuronConfig
-from spikeff.encoding import SpikeSource
+from spikeff.encoding import ConcatSource, SpikeSource
 from spikeff.engines import brian2_engine, get_engine, vectorized
 from spikeff.goodness import Goodness, available_goodness, get_goodness
 from spikeff.learning import ff_loss
@@ -127,20 +127,54 @@ def test_registry_and_bad_input(target):
     with pytest.raises(ValueError, match="no Brian2 expression"):
         brian2_engine.run_phase(W, b, lif, Goodness("custom", np.abs, np.sign), pos)
     target("cpp")
-    with pytest.raises(ValueError, match="choose one of \\['numpy', 'cython'\\]"):
+    with pytest.raises(ValueError, match="choose one of \\['numpy', 'cython', 'cpp_standalone'\\]"):
         brian2_engine.run_phase(W, b, lif, g, pos)
 
 
-@pytest.mark.slow
-def test_cython_target_matches_vectorized(target):
-    """Same check with Brian2's cython code generation (first run compiles: ~1 min)."""
-    pytest.importorskip("Cython")
-    target("cython")
-    W, b, pos, _ = two_layer_problem(B=3)
+def _compiler_or_skip():
+    import shutil
+    if not (shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")):
+        pytest.skip("cpp_standalone needs a C++ compiler (g++, c++ or clang++ on PATH); none found")
+
+
+@pytest.mark.parametrize("target_name", [
+    "numpy",
+    pytest.param("cython", marks=pytest.mark.slow),
+    pytest.param("cpp_standalone", marks=pytest.mark.slow)])
+def test_phases_are_run_epochs_of_one_network(target_name, request, monkeypatch):
+    """One FF step as train_batch asks it (positive and negative phase side by side, then both
+    replayed with modulators) on each code generation target: every phase is its own run() epoch
+    of one persistent network, from rest; spikes identical, v, goodness, updates within 1e-9.
+    A second step with new weights and new input reuses the network (no rebuild, no recompile)."""
+    if target_name == "cython":
+        pytest.importorskip("Cython")
+    if target_name == "cpp_standalone":
+        _compiler_or_skip()
+        # the build is cached across test runs (Brian2 rewrites only changed files, make only
+        # recompiles those); the first build compiles (minutes on a busy 2-core machine)
+        monkeypatch.setattr(brian2_engine, "BUILD_DIR", str(request.config.cache.mkdir("brian2_standalone")))
+    W, b, pos, neg = two_layer_problem(B=3)
     lif = DiscreteLIF.from_config(NeuronConfig(refractory=2e-3))
-    ref, res = run_both(W, b, lif, get_goodness("energy_relu"), pos,
-                        modulators=[np.array([1.0, -1.0, 0.5]), np.array([-0.5, 2.0, 1.0])])
-    assert_same_phase(ref, res, learn=True)
+    g = get_goodness("energy_relu")
+    engine = brian2_engine.Brian2Engine(target=target_name)
+    for step in range(2):
+        both = ConcatSource([pos, neg])
+        ref = vectorized.run_phase(W, b, lif, g, both, chunk_steps=7, record=True)
+        res = engine(W, b, lif, g, both, record=True)
+        assert_same_phase(ref, res, learn=False)
+        mods = [np.concatenate(ff_loss(*both.split(gl), "threshold", float(gl.mean()), 1.0)[1:])
+                for gl in ref.goodness]
+        ref = vectorized.run_phase(W, b, lif, g, both, chunk_steps=7, modulators=mods, record=True)
+        res = engine(W, b, lif, g, both, modulators=mods, record=True)
+        assert_same_phase(ref, res, learn=True)
+        assert np.abs(ref.grads[0][0]).max() > 1e-3
+        [net] = engine.networks                     # one network, 3 replicas: one phase per epoch
+        assert net.R == 3 and net.epochs_run == 4 * (step + 1)
+        build = net.build_seconds
+        W = [w - 0.1 * gr[0] for w, gr in zip(W, ref.grads)]   # new weights, new input spikes
+        pos, neg = (SpikeSource(s.x[::-1].copy(), "rate", 30, 1e-3, 400.0, seed=[7, k], dtype=np.float64)
+                    for k, s in enumerate((pos, neg)))
+    assert engine.networks[0].build_seconds == build
 
 
 def test_other_dt_and_time_constants(target):

@@ -1,8 +1,9 @@
 """Brian2 reference engine: the same phase as :mod:`spikeff.engines.vectorized`, run by Brian2.
 
 It exists to check the vectorized engine against an independent simulator (and as a readable,
-event-driven statement of the model); it is much slower. ``run_phase`` has the signature and
-results of :func:`spikeff.engines.vectorized.run_phase`.
+event-driven statement of the model). ``run_phase`` has the signature and results of
+:func:`spikeff.engines.vectorized.run_phase`; :class:`Brian2Engine` is the same callable holding
+its persistent networks (``FFNetwork`` keeps one per fitted model).
 
 Model (continuous form, what the Brian2 groups stand for; potentials from rest, in mV)::
 
@@ -25,29 +26,54 @@ parameters; ``dt`` sets the Brian2 clock). Brian2's schedule in one step ``t`` i
 slot                  what runs
 ====================  ========================================================================
 ``groups``            every layer: ``u = a_syn u + I_in; I_in = 0; v = a_mem v + u + b``
-                      (refractory clamp), goodness ``g_acc += g(v)``, presynaptic traces
-                      ``e_u = a_syn e_u + x_last; e_v = a_mem e_v + e_u; x_last = 0``, and for
-                      a learning layer ``gp = m g'(v)``, ``db_acc += gp e_b``
-``after_groups``      learning synapses: ``dW += gp_post * e_v_pre``; monitors of v (pre-reset)
-``thresholds``        ``v > v_threshold`` (input: ``stimulus(t, i) > 0.5``, a TimedArray)
-``synapses``          ``on_pre: I_in_post += w``: the spikes of step t land in the buffer
-                      ``I_in`` that the postsynaptic layer reads at step t+1 (one step of delay)
+                      (refractory clamp), goodness ``g_acc += g(v)``, the modulated
+                      postsynaptic term ``gp = m g'(v)``, ``db_acc += gp e_b``, presynaptic
+                      traces ``e_u = a_syn e_u + x_last; e_v = a_mem e_v + e_u; x_last = 0``
+``after_groups``      monitors of v (pre-reset), when recording
+``thresholds``        ``v > v_threshold`` (input: ``stimulus(t - t_start, i) > 0.5``, a
+                      TimedArray); custom event ``learn``: ``gp != 0``
+``synapses``          pathway ``pre`` (spikes): ``I_in_post += w``: the spikes of step t land in
+                      the buffer ``I_in`` that the postsynaptic layer reads at step t+1 (one step
+                      of delay); pathway ``learn`` (the ``learn`` event of the postsynaptic
+                      neuron): ``dW += gp_post * e_v_pre``, the three-factor update
 ``resets``            ``v = v_reset; x_last = 1; count += 1; ref = refractory_steps``
 ====================  ========================================================================
 
-A batch of B samples is B replicas of the network (B*N neurons per layer, synapses only within
-a replica); weights are copied into every replica and the per-synapse ``dW`` is summed over the
-replicas at the end. Each call builds a fresh ``Network``, so a phase always starts from rest, and
-each phase (positive, negative, their replays) is its own ``run()``.
+**One persistent network, phases as run() epochs.** The groups and synapses are built once per
+set of shapes (layer sizes, T, neuron constants, goodness, number of replicas, recording) and
+kept; a phase is one ``run(T * dt)`` epoch of that network from rest. A batch of samples is
+``R`` replicas of the network (``R * N`` neurons per layer, synapses only within a replica),
+``R`` = the largest batch seen, at most :data:`MAX_REPLICAS`; smaller batches are padded with
+silent replicas, larger ones run as several epochs. When ``FFNetwork.train_batch`` hands the
+engine its phases side by side (a :class:`~spikeff.encoding.ConcatSource` of neutral, positive
+and negative sources), each phase is its own epoch: the positive phase, then the negative phase,
+and in the replay the positive and the negative replay epochs, each with its modulators
+(``m``, 0 outside a replay: no ``learn`` events then), each ending with the accumulated update
+``dW`` (summed over the replicas) that the optimizer applies. Weights live in the Synapses'
+``w`` and are written in place only when they changed (after an optimizer step).
 
-Code generation target: :data:`TARGET` (``"numpy"`` or ``"cython"``), from the environment
-variable ``SPIKEFF_BRIAN2_TARGET`` when set. Brian2 always computes in float64; results are cast
-to the weights' dtype.
+Between epochs the runtime targets reset every state variable to rest explicitly (not
+``store``/``restore``, which would also roll back the weights); the stimulus (a new TimedArray
+per epoch) is read at ``t - t_start``.
+
+**Targets** (:data:`TARGET`, from the environment variable ``SPIKEFF_BRIAN2_TARGET``): ``numpy``
+and ``cython`` (runtime code generation), and ``cpp_standalone``: the network is compiled once
+(``set_device('cpp_standalone', build_on_run=False)``, ``device.build(run=False)``, in a
+temporary directory per network and process) and every epoch is one run of the binary, with
+``device.run(run_args=...)`` giving that epoch's input spikes (the TimedArray ``stimulus``),
+weights (a TimedArray table ``W(l)`` from which ``w`` is set after the synapses are made), biases
+and modulators, so no new input or weight needs a recompilation. Each run of the binary starts
+from rest. Brian2 always computes in float64; results are cast to the weights' dtype.
 """
 from __future__ import annotations
 
+import atexit
+import hashlib
 import os
 import re
+import shutil
+import tempfile
+import time
 
 import numpy as np
 
@@ -55,8 +81,14 @@ from ..goodness import Goodness
 from ..neuron import DiscreteLIF
 from .vectorized import PhaseResult
 
-TARGETS = ("numpy", "cython")
+TARGETS = ("numpy", "cython", "cpp_standalone")
 TARGET = os.environ.get("SPIKEFF_BRIAN2_TARGET", "numpy")
+#: most replicas (samples simulated side by side) of one network; larger batches run as several epochs
+MAX_REPLICAS = int(os.environ.get("SPIKEFF_BRIAN2_REPLICAS", "64"))
+#: cpp_standalone: root of a build cache shared by processes (one folder per network, reused when
+#: the generated code is the same: Brian2 rewrites only changed files, make recompiles only those);
+#: None: a temporary folder per network and process, removed at exit
+BUILD_DIR = os.environ.get("SPIKEFF_BRIAN2_BUILD_DIR") or None
 
 
 def _check_target(target: str) -> str:
@@ -75,43 +107,46 @@ def _goodness_code(goodness: Goodness) -> tuple[str, str]:
     return sub(goodness.expr), sub(goodness.dexpr)
 
 
-def layer_model(lif: DiscreteLIF, goodness: Goodness | None, learn: bool, traces: bool,
+def layer_model(lif: DiscreteLIF, goodness: Goodness | None, traces: bool = True,
                 stimulus: bool = False) -> dict:
     """Equations and code (Brian2 syntax, with units) of one group.
 
     ``goodness`` None and ``stimulus`` True: the input group (spikes from the TimedArray
-    ``stimulus``). ``traces``: keep the presynaptic eligibility traces (the next layer learns).
-    ``learn``: this layer learns (needs its modulator ``m`` and accumulates ``db_acc``).
-    Returns a dict with ``model``, ``update``, ``threshold`` and ``reset`` strings.
+    ``stimulus``, read at ``t - t_start``). ``traces``: keep the presynaptic eligibility traces
+    (a layer above learns from them). A layer always carries its learning variables: the
+    modulator ``m`` (0 outside a replay), ``gp = m g'(v)`` and ``db_acc``.
+    Returns a dict with ``model``, ``update``, ``threshold``, ``reset`` and ``events``.
     """
     model, update = ["x_last : 1  # 1 if the group spiked at the previous step"], []
     reset = ["x_last = 1"]
-    if not stimulus:
+    events = {}
+    if stimulus:
+        model += ["t_start : second (shared, constant)  # start of the current epoch"]
+    else:
         g, dg = _goodness_code(goodness)
         model += ["u : volt  # synaptic current (added to v every step)",
                   "v : volt  # membrane potential",
                   "I_in : volt  # weights of the spikes that arrived during the previous step",
                   "b : volt (constant)  # bias",
                   "g_acc : 1  # sum over steps of g(v)",
-                  "count : 1  # spike count"]
+                  "count : 1  # spike count",
+                  "m : 1 (constant)  # FF modulator m_b / (T N) of the replay (0: no learning)",
+                  "e_b : 1  # bias trace", "gp : 1  # m g'(v)", "db_acc : 1"]
         update += ["u = a_syn*u + I_in", "I_in = 0*mV", "v = a_mem*v + u + b"]
         if lif.refractory_steps > 0:
             model += ["ref : 1  # refractory steps left"]
             update += ["v = int(ref > 0)*v_reset + int(ref <= 0)*v", "ref = clip(ref - 1, 0, inf)"]
             reset += ["ref = refractory_steps"]
-        update += [f"g_acc += {g}"]
+        update += [f"g_acc += {g}", "e_b = a_mem*e_b + 1", f"gp = m*{dg}", "db_acc += gp*e_b"]
         reset += ["v = v_reset", "count += 1"]
-        if learn:
-            model += ["m : 1 (constant)  # modulator m_b / (T N)",
-                      "e_b : 1  # bias trace", "gp : 1  # m g'(v)", "db_acc : 1"]
-            update += ["e_b = a_mem*e_b + 1", f"gp = m*{dg}", "db_acc += gp*e_b"]
+        events = {"learn": "gp != 0"}
     if traces:
         model += ["e_u : 1  # presynaptic eligibility traces", "e_v : 1"]
         update += ["e_u = a_syn*e_u + x_last", "e_v = a_mem*e_v + e_u"]
     update += ["x_last = 0"]
     return {"model": "\n".join(model), "update": "\n".join(update),
-            "threshold": "stimulus(t, i) > 0.5" if stimulus else "v > v_threshold",
-            "reset": "\n".join(reset)}
+            "threshold": "stimulus(t - t_start, i) > 0.5" if stimulus else "v > v_threshold",
+            "reset": "\n".join(reset), "events": events}
 
 
 def _check_inputs(weights, biases, source, modulators):
@@ -133,94 +168,294 @@ def _check_inputs(weights, biases, source, modulators):
                 raise ValueError(f"modulators[{l}] must have shape ({source.shape[0]},), got {np.shape(mod)}")
 
 
-def _replica_indices(B: int, M: int, N: int):
-    """Presynaptic and postsynaptic indices of all-to-all connections within each of B replicas."""
-    pre = (np.arange(B)[:, None, None] * M + np.arange(M)[None, None, :])
-    post = (np.arange(B)[:, None, None] * N + np.arange(N)[None, :, None])
-    shape = (B, N, M)
-    return np.broadcast_to(pre, shape).ravel(), np.broadcast_to(post, shape).ravel()
+_BUILD_DIRS: list[str] = []
+
+
+@atexit.register
+def _remove_build_dirs():
+    for d in _BUILD_DIRS:
+        shutil.rmtree(d, ignore_errors=True)
+        if os.path.exists(d + ".lock"):
+            os.remove(d + ".lock")
+
+
+class _Network:
+    """One persistent Brian2 network: groups, synapses (and monitors) built once; one epoch per run."""
+
+    def __init__(self, sizes, R, T, lif: DiscreteLIF, goodness: Goodness, record: bool, target: str):
+        import brian2 as b2
+
+        self.b2, self.sizes, self.R, self.T, self.lif = b2, list(sizes), R, T, lif
+        self.record, self.target = record, target
+        self.standalone = target == "cpp_standalone"
+        self.L = len(sizes) - 1
+        self.flat = None                                    # per layer: index into W.ravel() of each synapse
+        self._w_loaded = [None] * self.L                    # runtime: weights now in the Synapses
+        self.build_seconds = 0.0
+        self.epochs_run = 0                                 # run() epochs (phases) so far
+        t0 = time.perf_counter()
+        if self.standalone:
+            from brian2.devices.cpp_standalone.device import CPPStandaloneDevice
+            from brian2.devices.device import reset_device, set_device
+            from brian2.utils.filelock import FileLock
+            if BUILD_DIR:
+                spec = repr((b2.__version__, self.sizes, R, T, lif, goodness.name, goodness.expr,
+                             goodness.dexpr, record, b2.prefs.codegen.cpp.extra_compile_args_gcc))
+                self.directory = os.path.join(BUILD_DIR, hashlib.sha256(spec.encode()).hexdigest()[:16])
+                os.makedirs(self.directory, exist_ok=True)
+            else:
+                self.directory = tempfile.mkdtemp(prefix="spikeff-brian2-")
+                _BUILD_DIRS.append(self.directory)
+            self.lock = FileLock(self.directory + ".lock")
+            self.device = CPPStandaloneDevice()             # one device (project) per network
+            set_device(self.device, build_on_run=False, directory=self.directory)
+            try:
+                self._build(goodness)
+                with self.lock:
+                    self.device.build(directory=self.directory, compile=True, run=False, with_output=False)
+            finally:
+                reset_device()
+        else:
+            b2.prefs.codegen.target = target
+            self._build(goodness)
+        self.build_seconds = time.perf_counter() - t0
+
+    def _build(self, goodness):
+        b2, lif, R, T = self.b2, self.lif, self.R, self.T
+        dt, mV = lif.dt * b2.second, b2.mV
+        M0 = self.sizes[0]
+        const = {"a_syn": lif.a_syn, "a_mem": lif.a_mem, "v_threshold": lif.v_threshold * mV,
+                 "v_reset": lif.v_reset * mV, "refractory_steps": float(lif.refractory_steps)}
+        self.stimulus = b2.TimedArray(np.zeros((T, R * M0)), dt=dt, name="stimulus")
+
+        def group(n, name, **kw):
+            spec = layer_model(lif, **kw)
+            ns = dict(const, stimulus=self.stimulus)
+            grp = b2.NeuronGroup(n, spec["model"], threshold=spec["threshold"], reset=spec["reset"],
+                                 events=spec["events"] or None, dt=dt, namespace=ns, name=name)
+            grp.run_regularly(spec["update"], when="groups", name=f"{name}_update")
+            return grp
+
+        self.groups = [group(R * M0, "input", goodness=None, stimulus=True)]
+        self.synapses, self.tables, self.v_mons, self.s_mons = [], [], [], []
+        for l in range(self.L):
+            M, N = self.sizes[l], self.sizes[l + 1]
+            grp = group(R * N, f"layer{l}", goodness=goodness, traces=l + 1 < self.L)
+            table = b2.TimedArray(np.zeros((1, N * M)), dt=T * dt, name=f"W{l}")   # weights by j*M + i
+            syn = b2.Synapses(self.groups[-1], grp, "w : volt\ndW : 1",
+                              on_pre={"pre": "I_in_post += w"},
+                              on_post={"learn": "dW += gp_post*e_v_pre"},
+                              on_event={"pre": "spike", "learn": "learn"},
+                              delay={"pre": 0 * b2.second, "learn": 0 * b2.second},  # shared, not per synapse
+                              dt=dt, namespace={"W_table": table}, name=f"synapses{l}")
+            # all-to-all within each replica: presynaptic i of replica i // M -> that replica's N
+            syn.connect(j=f"k for k in range((i // {M})*{N}, (i // {M} + 1)*{N})")
+            if self.record:
+                self.v_mons.append(b2.StateMonitor(grp, "v", record=True, when="after_groups", name=f"v{l}"))
+                self.s_mons.append(b2.SpikeMonitor(grp, name=f"spikes{l}"))
+            self.groups.append(grp)
+            self.synapses.append(syn)
+            self.tables.append(table)
+        if self.standalone:
+            # biases, modulators and the tables come from run_args; w is set from the table after
+            self.device.apply_run_args()
+            for l, syn in enumerate(self.synapses):
+                M, N = self.sizes[l], self.sizes[l + 1]
+                syn.w = f"W_table(0*second, (j % {N})*{M} + (i % {M}))*mV"
+        self.net = b2.Network(self.groups, self.synapses, self.v_mons, self.s_mons)
+        if self.standalone:
+            self.net.run(T * dt, namespace={})
+
+    # -- one epoch ------------------------------------------------------------------------------
+    def _reset(self):
+        """Every state variable back to rest (runtime targets; the weights ``w`` are kept)."""
+        for grp in self.groups:
+            for name in grp.equations.names:
+                if not grp.variables[name].constant:
+                    grp.variables[name].set_value(0.0)
+        for syn in self.synapses:
+            syn.variables["dW"].set_value(0.0)
+
+    def _flat_indices(self):
+        self.flat = []
+        for l, syn in enumerate(self.synapses):
+            M, N = self.sizes[l], self.sizes[l + 1]
+            self.flat.append((np.asarray(syn.j[:]) % N) * M + np.asarray(syn.i[:]) % M)
+
+    def run_epoch(self, x, weights, biases, mods):
+        """One phase from rest. ``x`` (T, R, M0) input spikes; ``mods[l]`` (R,) modulators already
+        divided by T N (zeros: no learning). Returns per-layer dicts of numpy arrays."""
+        b2, R, T, L = self.b2, self.R, self.T, self.L
+        volt_per_mV = float(b2.mV)
+        stim = np.ascontiguousarray(x.reshape(T, -1), dtype=np.float64)
+        self.epochs_run += 1
+        b_vals = [np.tile(np.zeros(self.sizes[l + 1]) if b is None else np.asarray(b, np.float64), R) * volt_per_mV
+                  for l, b in enumerate(biases)]
+        m_vals = [np.repeat(np.asarray(m, np.float64), self.sizes[l + 1]) for l, m in enumerate(mods)]
+        learn = [bool(np.any(m != 0)) for m in m_vals]
+        if self.standalone:
+            args = {self.stimulus: stim}
+            for l in range(L):
+                args[self.tables[l]] = np.asarray(weights[l], np.float64).reshape(1, -1)
+                args[self.groups[l + 1].b] = b_vals[l] * b2.volt
+                if learn[l]:
+                    args[self.groups[l + 1].m] = m_vals[l]
+            with self.lock:                                 # (a build folder shared by processes)
+                self.device.run(run_args=args, with_output=False)
+                out = self._results(learn, 0.0, None, None)
+                for name in self.device.run_args_arrays:    # the per-epoch input files
+                    fname = os.path.join(self.device.project_dir, "static_arrays", name)
+                    for f in (fname, fname + ".lock"):
+                        if os.path.exists(f):
+                            os.remove(f)
+            return out
+        b2.prefs.codegen.target = self.target
+        if self.flat is None:
+            self._flat_indices()
+        self._reset()
+        for l, syn in enumerate(self.synapses):          # weights in place, only when changed
+            W = np.asarray(weights[l], np.float64)
+            if self._w_loaded[l] is None or not np.array_equal(self._w_loaded[l], W):
+                syn.variables["w"].set_value(W.ravel()[self.flat[l]] * volt_per_mV)
+                self._w_loaded[l] = W.copy()
+        for l in range(L):
+            self.groups[l + 1].variables["b"].set_value(b_vals[l])
+            self.groups[l + 1].variables["m"].set_value(m_vals[l])
+        t0 = float(self.net.t)
+        self.groups[0].namespace["stimulus"] = b2.TimedArray(stim, dt=self.lif.dt * b2.second,
+                                                             name="stimulus")
+        self.groups[0].variables["t_start"].set_value(t0)
+        n_spk = [mon.num_spikes for mon in self.s_mons]
+        n_v = [len(mon.t[:]) for mon in self.v_mons]
+        self.net.run(T * self.lif.dt * b2.second, namespace={})
+        return self._results(learn, t0, n_spk, n_v)
+
+    def _results(self, learn, t0, n_spk, n_v):
+        R, T, L, volt_per_mV = self.R, self.T, self.L, float(self.b2.mV)
+        if self.flat is None:
+            self._flat_indices()
+        out = []
+        for l in range(L):
+            grp, syn, N, M = self.groups[l + 1], self.synapses[l], self.sizes[l + 1], self.sizes[l]
+            res = {"g_acc": np.array(grp.variables["g_acc"].get_value()).reshape(R, N),
+                   "count": np.rint(grp.variables["count"].get_value()).astype(np.int64).reshape(R, N)}
+            if learn[l]:
+                res["dW"] = np.bincount(self.flat[l], weights=syn.variables["dW"].get_value(),
+                                        minlength=N * M).reshape(N, M)
+                res["db_acc"] = np.array(grp.variables["db_acc"].get_value()).reshape(R, N)
+            if self.record:
+                s_mon, v_mon = self.s_mons[l], self.v_mons[l]
+                lo = 0 if self.standalone else n_spk[l]
+                ts, idx = np.asarray(s_mon.t_[lo:]), np.asarray(s_mon.i[lo:])
+                s = np.zeros((T, R * N), dtype=bool)
+                s[np.rint((ts - t0) / self.lif.dt).astype(np.int64), idx] = True
+                res["spikes"] = s.reshape(T, R, N)
+                v = np.asarray(v_mon.v_)[:, (0 if self.standalone else n_v[l]):]
+                res["v"] = (v / volt_per_mV).T.reshape(T, R, N)
+            out.append(res)
+        return out
+
+
+class Brian2Engine:
+    """``run_phase`` of the Brian2 engine with its persistent networks (one per set of shapes).
+
+    ``target``: the code generation target (None: :data:`TARGET` at each call). Networks are
+    dropped when pickled (they are rebuilt on the next call).
+    """
+
+    def __init__(self, target: str | None = None, max_replicas: int | None = None):
+        self.target = target
+        self.max_replicas = max_replicas
+        self._nets: dict = {}
+
+    def __getstate__(self):
+        return {"target": self.target, "max_replicas": self.max_replicas, "_nets": {}}
+
+    def network(self, sizes, B, T, lif, goodness, record, target) -> _Network:
+        """The persistent network for these shapes, built (or rebuilt with more replicas) if needed."""
+        cap = self.max_replicas or MAX_REPLICAS
+        key = (target, tuple(sizes), T, lif, goodness.name, goodness.expr, goodness.dexpr, record)
+        net = self._nets.get(key)
+        if net is None or (net.R < min(B, cap)):
+            net = self._nets[key] = _Network(sizes, min(B, cap), T, lif, goodness, record, target)
+        return net
+
+    @property
+    def networks(self) -> list:
+        return list(self._nets.values())
+
+    def __call__(self, weights, biases, lif: DiscreteLIF, goodness: Goodness, source, chunk_steps: int = 0,
+                 modulators=None, record: bool = False, normalize: bool = False) -> PhaseResult:
+        """Simulate one phase (see :func:`spikeff.engines.vectorized.run_phase`); a ConcatSource
+        of several phases runs each phase as its own epoch. ``chunk_steps`` is ignored."""
+        if normalize:
+            raise ValueError("normalization: the brian2 engine supports only normalization = 'none'")
+        _check_inputs(weights, biases, source, modulators)
+        target = _check_target(self.target or TARGET)
+        B, T, L = source.shape[0], source.n_steps, len(weights)
+        sizes = [source.shape[1]] + [W.shape[0] for W in weights]
+        dtype = weights[0].dtype
+        parts = list(getattr(source, "sources", [source]))        # one epoch (or more) per phase
+        sizes_b = [p.shape[0] for p in parts]
+        net = self.network(sizes, max(sizes_b), T, lif, goodness, record, target)
+        R = net.R
+        learn = [modulators is not None and modulators[l] is not None for l in range(L)]
+        biases = [None if b is None else np.asarray(b) for b in biases]
+        mods = [np.asarray(modulators[l], np.float64) / (T * sizes[l + 1]) if learn[l] else np.zeros(B)
+                for l in range(L)]
+        per_layer = [dict(g_acc=[], count=[], spikes=[], v=[], db=np.zeros(sizes[l + 1]),
+                          dW=np.zeros((sizes[l + 1], sizes[l]))) for l in range(L)]
+        inputs = []
+        row = 0
+        for part in parts:
+            x = part.all_steps()                                  # (T, Bp, M0)
+            if record:
+                inputs.append(x.astype(bool))
+            for a in range(0, x.shape[1], R):
+                n = min(R, x.shape[1] - a)
+                xs = np.zeros((T, R, sizes[0]))
+                xs[:, :n] = x[:, a:a + n]
+                ms = []
+                for l in range(L):
+                    m = np.zeros(R)
+                    m[:n] = mods[l][row + a:row + a + n]
+                    ms.append(m)
+                res = net.run_epoch(xs, weights, biases, ms)
+                for l, r in enumerate(res):
+                    acc = per_layer[l]
+                    acc["g_acc"].append(r["g_acc"][:n])
+                    acc["count"].append(r["count"][:n])
+                    if "dW" in r:
+                        acc["dW"] += r["dW"]
+                        acc["db"] += r["db_acc"][:n].sum(axis=0)
+                    if record:
+                        acc["spikes"].append(r["spikes"][:, :n])
+                        acc["v"].append(r["v"][:, :n])
+            row += x.shape[1]
+        neuron_g = [np.concatenate(a["g_acc"]) / T for a in per_layer]
+        result = PhaseResult(goodness=[g.mean(axis=1) for g in neuron_g], neuron_goodness=neuron_g,
+                             spike_counts=[np.concatenate(a["count"]) for a in per_layer])
+        if any(learn):
+            result.grads = [(a["dW"].astype(dtype), a["db"].astype(dtype)) if learn[l] else None
+                            for l, a in enumerate(per_layer)]
+        if record:
+            result.record = {"input": np.concatenate(inputs, axis=1),
+                             "spikes": [np.concatenate(a["spikes"], axis=1) for a in per_layer],
+                             "v": [np.concatenate(a["v"], axis=1).astype(dtype) for a in per_layer]}
+        return result
+
+
+_DEFAULT = Brian2Engine()
+
+
+def make_engine() -> Brian2Engine:
+    """A new engine with its own persistent networks (``FFNetwork`` keeps one per model)."""
+    return Brian2Engine()
 
 
 def run_phase(weights, biases, lif: DiscreteLIF, goodness: Goodness, source, chunk_steps: int = 0,
               modulators=None, record: bool = False, normalize: bool = False) -> PhaseResult:
-    """Simulate one phase with Brian2 (see :func:`spikeff.engines.vectorized.run_phase`).
-
-    ``chunk_steps`` is ignored (Brian2 steps the whole window in one ``run``).
-    """
-    if normalize:
-        raise ValueError("normalization: the brian2 engine supports only normalization = 'none'")
-    import brian2 as b2
-
-    _check_inputs(weights, biases, source, modulators)
-    b2.prefs.codegen.target = _check_target(TARGET)
-    B, M0 = source.shape
-    T = source.n_steps
-    L = len(weights)
-    dtype = weights[0].dtype
-    dt = lif.dt * b2.second
-    mV = b2.mV
-    learn = [modulators is not None and modulators[l] is not None for l in range(L)]
-
-    x = source.all_steps()                                   # (T, B, M0)
-    stimulus = b2.TimedArray(x.reshape(T, B * M0).astype(np.float64), dt=dt, name="stimulus")
-    namespace = {"a_syn": lif.a_syn, "a_mem": lif.a_mem, "v_threshold": lif.v_threshold * mV,
-                 "v_reset": lif.v_reset * mV, "refractory_steps": float(lif.refractory_steps),
-                 "stimulus": stimulus, "mV": mV}
-
-    def group(n, name, **kw):
-        spec = layer_model(lif, **kw)
-        grp = b2.NeuronGroup(n, spec["model"], threshold=spec["threshold"], reset=spec["reset"],
-                             dt=dt, namespace=namespace, name=name)
-        grp.run_regularly(spec["update"], when="groups", name=f"{name}_update")
-        return grp
-
-    groups = [group(B * M0, "input", goodness=None, learn=False, traces=learn[0], stimulus=True)]
-    synapses, v_mons, s_mons = [], [], []
-    for l, W in enumerate(weights):
-        N, M = W.shape
-        traces = l + 1 < L and learn[l + 1]
-        grp = group(B * N, f"layer{l}", goodness=goodness, learn=learn[l], traces=traces)
-        if biases[l] is not None:
-            grp.b = np.tile(np.asarray(biases[l], dtype=np.float64), B) * mV
-        if learn[l]:
-            grp.m = np.repeat(np.asarray(modulators[l], dtype=np.float64) / (T * N), N)
-        syn = b2.Synapses(groups[-1], grp, "w : volt (constant)" + ("\ndW : 1" if learn[l] else ""),
-                          on_pre="I_in_post += w", dt=dt, namespace=namespace, name=f"synapses{l}")
-        pre, post = _replica_indices(B, M, N)
-        syn.connect(i=pre, j=post)
-        flat = (syn.j[:] % N) * M + syn.i[:] % M            # index into W.ravel() of each synapse
-        syn.w[:] = np.asarray(W, dtype=np.float64).ravel()[flat] * mV
-        if learn[l]:
-            syn.run_regularly("dW += gp_post*e_v_pre", when="after_groups", name=f"synapses{l}_learn")
-        if record:
-            v_mons.append(b2.StateMonitor(grp, "v", record=True, when="after_groups", name=f"v{l}"))
-            s_mons.append(b2.SpikeMonitor(grp, name=f"spikes{l}"))
-        groups.append(grp)
-        synapses.append((syn, flat))
-
-    net = b2.Network(groups, [s for s, _ in synapses], v_mons, s_mons)
-    net.run(T * dt, namespace=namespace)
-
-    neuron_g, counts, grads = [], [], []
-    for l, (grp, (syn, flat)) in enumerate(zip(groups[1:], synapses)):
-        N, M = weights[l].shape
-        neuron_g.append(grp.g_acc[:].reshape(B, N) / T)
-        counts.append(np.rint(grp.count[:]).astype(np.int64).reshape(B, N))
-        if learn[l]:
-            dW = np.bincount(flat, weights=syn.dW[:], minlength=N * M).reshape(N, M)
-            db = grp.db_acc[:].reshape(B, N).sum(axis=0)
-            grads.append((dW.astype(dtype), db.astype(dtype)))
-        else:
-            grads.append(None)
-    result = PhaseResult(goodness=[g.mean(axis=1) for g in neuron_g], neuron_goodness=neuron_g,
-                         spike_counts=counts, grads=grads if any(learn) else None)
-    if record:
-        spikes = []
-        for l, mon in enumerate(s_mons):
-            N = weights[l].shape[0]
-            s = np.zeros((T, B * N), dtype=bool)
-            s[np.rint(mon.t[:] / dt).astype(np.int64), mon.i[:]] = True
-            spikes.append(s.reshape(T, B, N))
-        result.record = {"input": x.astype(bool), "spikes": spikes,
-                         "v": [(mon.v[:] / mV).T.reshape(T, B, -1).astype(dtype) for mon in v_mons]}
-    return result
+    """Simulate one phase with Brian2 (see :func:`spikeff.engines.vectorized.run_phase`), on this
+    module's shared :class:`Brian2Engine` (persistent networks for the process)."""
+    return _DEFAULT(weights, biases, lif, goodness, source, chunk_steps, modulators=modulators,
+                    record=record, normalize=normalize)
