@@ -157,8 +157,7 @@ def cmd_bench(args):
     sections = DEFAULT_SECTIONS if args.only is None else tuple(x for x in args.only.split(",") if x)
     run_bench(quick=args.quick, out=args.out, shared_machine=not args.dedicated, against=args.against,
               tta=args.time_to_accuracy, sections=sections, recipe=args.recipe, dataset=args.dataset,
-              target=args.target, command="spikeff " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"]
-              else None)
+              target=args.target, command="spikeff " + " ".join(args.argv))
     return 0
 
 
@@ -281,7 +280,9 @@ def main(argv=None) -> int:
     from .config import ConfigError
     from .data import DataError
     from .io import CheckpointError
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = [str(a) for a in argv]          # the command as typed, recorded in results
     try:
         return args.func(args)
     except (ConfigError, DataError, CheckpointError, UsageError, OSError, FloatingPointError, ImportError) as e:
