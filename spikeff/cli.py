@@ -151,12 +151,17 @@ def cmd_sweep(args):
 
 def cmd_bench(args):
     from .bench import run_bench
-    from .bench import DEFAULT_SECTIONS
+    from .bench import DEFAULT_SECTIONS, SECTIONS
     sections = DEFAULT_SECTIONS if args.only is None else tuple(x for x in args.only.split(",") if x)
+    bad = sorted(set(sections) - set(SECTIONS))
+    if bad:
+        raise UsageError(f"--only: {bad} are not sections; choose from {list(SECTIONS)}")
+    if args.against and not (Path(args.against) / "spikeff" / "__init__.py").is_file():
+        raise UsageError(f"--against {args.against}: no spikeff checkout there (make one with "
+                         f"'git worktree add --detach {args.against} COMMIT')")
     run_bench(quick=args.quick, out=args.out, shared_machine=not args.dedicated, against=args.against,
               tta=args.time_to_accuracy, sections=sections, recipe=args.recipe, dataset=args.dataset,
-              target=args.target, command="spikeff " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"]
-              else None)
+              target=args.target, command="spikeff " + " ".join(args.argv))
     return 0
 
 
@@ -280,6 +285,7 @@ def main(argv=None) -> int:
     from .data import DataError
     from .io import CheckpointError
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)     # the command, as results record it
     try:
         return args.func(args)
     except (ConfigError, DataError, CheckpointError, UsageError, OSError, FloatingPointError, ImportError) as e:
