@@ -16,6 +16,7 @@ Writes results/bench_engines.json (with provenance and the command).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -81,6 +82,28 @@ def main(argv=None):
             t = min(training_step(vectorized.run_phase, W, src, lif, g) for _ in range(args.repeats))
             res["vectorized"].setdefault(dtype, {})[str(B)] = {"seconds_per_step": t, "seconds_per_sample": t / B}
             print("vectorized", dtype, B, res["vectorized"][dtype][str(B)], flush=True)
+    def write(complete):
+        ratios = {f"{target}_over_vectorized_{dtype}_batch{B}": res["brian2"][target][B]["seconds_per_sample"]
+                  / res["vectorized"][dtype][B]["seconds_per_sample"]
+                  for target in res["brian2"] for B in res["brian2"][target] for dtype in res["vectorized"]
+                  if B in res["vectorized"][dtype]}
+        out = {"experiment": "bench_engines", "complete": complete,
+               "command": "python experiments/bench_engines.py " + " ".join(argv),
+               "what": ("one FF training step as train_batch asks it of the engine (readout off): positive and "
+                        "negative phase, then both replayed with modulators (on Brian2: 4 run() epochs of one "
+                        "persistent network)"),
+               "network": [794, *args.sizes], "n_steps": args.steps,
+               "note": ("per-sample ratios at equal batch sizes (Brian2 in float64 only). build_seconds: building "
+                        "the network once (cpp_standalone: code generation and compilation), paid once per "
+                        "network; seconds_per_step excludes it. Times: minimum over "
+                        f"{args.repeats} (vectorized) / {args.brian2_repeats} (Brian2) steps on a shared 2-core "
+                        "machine (see load_average)."),
+               "time_ratio_brian2_over_vectorized_per_sample": ratios, "results": res,
+               "brian2_version": brian2.__version__, "load_average_1_5_15min_at_end": os.getloadavg(),
+               "provenance": provenance()}
+        write_json(args.out, out)
+        return ratios
+
     for target in args.targets:
         for B in (args.numpy_batches if target == "numpy" else args.batches):
             W, src = problem(B, "float64", args.steps, args.sizes)
@@ -93,24 +116,8 @@ def main(argv=None):
                                              "replicas": engine.networks[0].R}
             print("brian2", target, B, res["brian2"][target][str(B)], flush=True)
             del engine
-    ratios = {f"{target}_over_vectorized_{dtype}_batch{B}": res["brian2"][target][B]["seconds_per_sample"]
-              / res["vectorized"][dtype][B]["seconds_per_sample"]
-              for target in res["brian2"] for B in res["brian2"][target] for dtype in res["vectorized"]
-              if B in res["vectorized"][dtype]}
-    out = {"experiment": "bench_engines",
-           "command": "python experiments/bench_engines.py " + " ".join(argv),
-           "what": ("one FF training step as train_batch asks it of the engine (readout off): positive and "
-                    "negative phase, then both replayed with modulators (on Brian2: 4 run() epochs of one "
-                    "persistent network)"),
-           "network": [794, *args.sizes], "n_steps": args.steps,
-           "note": ("per-sample ratios at equal batch sizes (Brian2 in float64 only). build_seconds: building "
-                    "the network once (cpp_standalone: code generation and compilation), paid once per "
-                    "network; seconds_per_step excludes it. Times: minimum over "
-                    f"{args.repeats} (vectorized) / {args.brian2_repeats} (Brian2) steps on a shared 2-core machine."),
-           "time_ratio_brian2_over_vectorized_per_sample": ratios, "results": res,
-           "brian2_version": brian2.__version__,
-           "provenance": provenance()}
-    write_json(args.out, out)
+            write(False)
+    ratios = write(True)
     print("\n".join(f"{k}: {v:.1f}" for k, v in ratios.items()))
 
 

@@ -153,8 +153,14 @@ def cmd_sweep(args):
 
 def cmd_bench(args):
     from .bench import run_bench
-    from .bench import DEFAULT_SECTIONS
+    from .bench import DEFAULT_SECTIONS, SECTIONS
     sections = DEFAULT_SECTIONS if args.only is None else tuple(x for x in args.only.split(",") if x)
+    bad = sorted(set(sections) - set(SECTIONS))
+    if bad:
+        raise UsageError(f"--only: {bad} are not sections; choose from {list(SECTIONS)}")
+    if args.against and not (Path(args.against) / "spikeff" / "__init__.py").is_file():
+        raise UsageError(f"--against {args.against}: no spikeff checkout there (make one with "
+                         f"'git worktree add --detach {args.against} COMMIT')")
     run_bench(quick=args.quick, out=args.out, shared_machine=not args.dedicated, against=args.against,
               tta=args.time_to_accuracy, sections=sections, recipe=args.recipe, dataset=args.dataset,
               target=args.target, command="spikeff " + " ".join(args.argv))

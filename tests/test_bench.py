@@ -22,7 +22,7 @@ def test_bench_quick_writes_json(tmp_path, capsys):
     assert main(["bench", "--quick", "--only", "gemm,training,memory,kernels,brian2", "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["quick"] and res["shared_machine"]
-    assert res["provenance"]["git"] and "bench" in res["command"]
+    assert res["provenance"]["git"] and res["command"].startswith("spikeff bench --quick --only")
     assert res["peak_gemm"]["peak_gflops"] > 0
     tr = res["training"][0]
     assert tr["update"] == "store"
@@ -41,11 +41,17 @@ def test_bench_quick_writes_json(tmp_path, capsys):
     assert "GFLOP/s" in capsys.readouterr().out
 
 
-def test_bench_bad_input_gets_clear_errors(tmp_path):
-    with pytest.raises(ValueError, match="sections"):
-        main(["bench", "--quick", "--only", "nope", "--out", str(tmp_path / "b.json")])
+def test_bench_bad_input_gets_clear_errors(tmp_path, capsys):
+    assert main(["bench", "--quick", "--only", "nope", "--out", str(tmp_path / "b.json")]) == 2
+    assert "--only: ['nope'] are not sections" in capsys.readouterr().err
+    assert main(["bench", "--quick", "--only", "", "--against", str(tmp_path)]) == 2
+    assert "no spikeff checkout there" in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists()
     with pytest.raises(FileNotFoundError, match="no spikeff package"):
         bench_against(tmp_path)
+    with pytest.raises(ValueError, match="sections"):
+        from spikeff.bench import run_bench
+        run_bench(quick=True, sections=("nope",))
 
 
 def test_time_to_accuracy_stops_at_the_target(tmp_path):

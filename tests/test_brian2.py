@@ -113,6 +113,24 @@ def test_fit_with_brian2_engine_equals_vectorized(digits):
         np.testing.assert_allclose(Wb, Wv, rtol=0, atol=1e-9)
     init = FFNetwork(cfg).initialize(X.shape[1], 10).weights_
     assert not np.allclose(nets["brian2"].weights_[0], init[0])   # it did learn
+    # one persistent network for the model; 2 batches x (positive, negative, and their replays)
+    [bnet] = nets["brian2"]._engine().networks
+    assert bnet.epochs_run == 2 * 4 and bnet.R == 24
+
+
+def test_record_comes_from_brian2_monitors(digits):
+    """FFNetwork.simulate(record=True) (what 'spikeff plot' draws) on the brian2 engine reads a
+    SpikeMonitor and a StateMonitor per layer, and matches the vectorized engine."""
+    cfg = FFConfig(hidden_sizes=(16, 12), n_steps=10, dtype="float64", readout=False, seed=4)
+    nets = {e: FFNetwork(cfg, engine=e).initialize(digits.X_train.shape[1], 10) for e in ("vectorized", "brian2")}
+    recs = {e: n.simulate(digits.X_test[:2], labels=digits.y_test[:2], seed=1) for e, n in nets.items()}
+    for l in range(2):
+        np.testing.assert_array_equal(recs["brian2"].record["spikes"][l], recs["vectorized"].record["spikes"][l])
+        np.testing.assert_allclose(recs["brian2"].record["v"][l], recs["vectorized"].record["v"][l], atol=TOL)
+    assert recs["vectorized"].record["spikes"][0].any()
+    [bnet] = nets["brian2"]._engine().networks
+    assert bnet.record and [type(m).__name__ for m in bnet.s_mons + bnet.v_mons] == \
+        ["SpikeMonitor", "SpikeMonitor", "StateMonitor", "StateMonitor"]
 
 
 def test_registry_and_bad_input(target):

@@ -89,6 +89,8 @@ MAX_REPLICAS = int(os.environ.get("SPIKEFF_BRIAN2_REPLICAS", "64"))
 #: the generated code is the same: Brian2 rewrites only changed files, make recompiles only those);
 #: None: a temporary folder per network and process, removed at exit
 BUILD_DIR = os.environ.get("SPIKEFF_BRIAN2_BUILD_DIR") or None
+#: cpp_standalone: parallel compile jobs (Brian2's default ``make -j`` starts one per source file)
+MAKE_JOBS = int(os.environ.get("SPIKEFF_BRIAN2_MAKE_JOBS", "2"))
 
 
 def _check_target(target: str) -> str:
@@ -207,6 +209,7 @@ class _Network:
                 self.directory = tempfile.mkdtemp(prefix="spikeff-brian2-")
                 _BUILD_DIRS.append(self.directory)
             self.lock = FileLock(self.directory + ".lock")
+            b2.prefs.devices.cpp_standalone.extra_make_args_unix = [f"-j{MAKE_JOBS}"]
             self.device = CPPStandaloneDevice()             # one device (project) per network
             set_device(self.device, build_on_run=False, directory=self.directory)
             try:
