@@ -29,9 +29,11 @@ slot                  what runs
                       ``e_u = a_syn e_u + x_last; e_v = a_mem e_v + e_u; x_last = 0``, and for
                       a learning layer ``gp = m g'(v)``, ``db_acc += gp e_b``
 ``after_groups``      learning synapses: ``dW += gp_post * e_v_pre``; monitors of v (pre-reset)
-``thresholds``        ``v > v_threshold`` (input: ``stimulus(t, i) > 0.5``, a TimedArray)
+``thresholds``        ``v > v_threshold``; the input: a ``SpikeGeneratorGroup`` emits the
+                      source's spikes (image encodings and event data alike) of step t
 ``synapses``          ``on_pre: I_in_post += w``: the spikes of step t land in the buffer
-                      ``I_in`` that the postsynaptic layer reads at step t+1 (one step of delay)
+                      ``I_in`` that the postsynaptic layer reads at step t+1 (one step of delay);
+                      input spikes set ``x_last = 1`` of the input's trace group (when layer 0 learns)
 ``resets``            ``v = v_reset; x_last = 1; count += 1; ref = refractory_steps``
 ====================  ========================================================================
 
@@ -79,8 +81,8 @@ def layer_model(lif: DiscreteLIF, goodness: Goodness | None, learn: bool, traces
                 stimulus: bool = False) -> dict:
     """Equations and code (Brian2 syntax, with units) of one group.
 
-    ``goodness`` None and ``stimulus`` True: the input group (spikes from the TimedArray
-    ``stimulus``). ``traces``: keep the presynaptic eligibility traces (the next layer learns).
+    ``goodness`` None and ``stimulus`` True: the input's trace group (no threshold: its spikes come
+    from a ``SpikeGeneratorGroup`` through one-to-one synapses that set ``x_last``). ``traces``: keep the presynaptic eligibility traces (the next layer learns).
     ``learn``: this layer learns (needs its modulator ``m`` and accumulates ``db_acc``).
     Returns a dict with ``model``, ``update``, ``threshold`` and ``reset`` strings.
     """
@@ -110,7 +112,7 @@ def layer_model(lif: DiscreteLIF, goodness: Goodness | None, learn: bool, traces
         update += ["e_u = a_syn*e_u + x_last", "e_v = a_mem*e_v + e_u"]
     update += ["x_last = 0"]
     return {"model": "\n".join(model), "update": "\n".join(update),
-            "threshold": "stimulus(t, i) > 0.5" if stimulus else "v > v_threshold",
+            "threshold": None if stimulus else "v > v_threshold",
             "reset": "\n".join(reset)}
 
 
@@ -162,19 +164,27 @@ def run_phase(weights, biases, lif: DiscreteLIF, goodness: Goodness, source, chu
     learn = [modulators is not None and modulators[l] is not None for l in range(L)]
 
     x = source.all_steps()                                   # (T, B, M0)
-    stimulus = b2.TimedArray(x.reshape(T, B * M0).astype(np.float64), dt=dt, name="stimulus")
+    steps, channels = np.nonzero(x.reshape(T, B * M0))
     namespace = {"a_syn": lif.a_syn, "a_mem": lif.a_mem, "v_threshold": lif.v_threshold * mV,
-                 "v_reset": lif.v_reset * mV, "refractory_steps": float(lif.refractory_steps),
-                 "stimulus": stimulus, "mV": mV}
+                 "v_reset": lif.v_reset * mV, "refractory_steps": float(lif.refractory_steps), "mV": mV}
 
     def group(n, name, **kw):
         spec = layer_model(lif, **kw)
-        grp = b2.NeuronGroup(n, spec["model"], threshold=spec["threshold"], reset=spec["reset"],
+        reset = spec["reset"] if spec["threshold"] else None
+        grp = b2.NeuronGroup(n, spec["model"], threshold=spec["threshold"], reset=reset,
                              dt=dt, namespace=namespace, name=name)
         grp.run_regularly(spec["update"], when="groups", name=f"{name}_update")
         return grp
 
-    groups = [group(B * M0, "input", goodness=None, learn=False, traces=learn[0], stimulus=True)]
+    # the input spikes as events (one per spike, at step * dt); the eligibility traces of layer 0's
+    # inputs live in a trace group that the generator's spikes reach through one-to-one synapses
+    generator = b2.SpikeGeneratorGroup(B * M0, channels, steps * dt, dt=dt, name="input")
+    groups, relay = [generator], []
+    if learn[0]:
+        trace_group = group(B * M0, "input_traces", goodness=None, learn=False, traces=True, stimulus=True)
+        relay = [b2.Synapses(generator, trace_group, on_pre="x_last_post = 1", dt=dt, name="input_relay")]
+        relay[0].connect(j="i")
+        relay.append(trace_group)
     synapses, v_mons, s_mons = [], [], []
     for l, W in enumerate(weights):
         N, M = W.shape
@@ -184,25 +194,33 @@ def run_phase(weights, biases, lif: DiscreteLIF, goodness: Goodness, source, chu
             grp.b = np.tile(np.asarray(biases[l], dtype=np.float64), B) * mV
         if learn[l]:
             grp.m = np.repeat(np.asarray(modulators[l], dtype=np.float64) / (T * N), N)
-        syn = b2.Synapses(groups[-1], grp, "w : volt (constant)" + ("\ndW : 1" if learn[l] else ""),
+        # the input generator has no traces: layer 0 learns on a twin of its synapses from the trace group
+        twin = l == 0 and learn[0]
+        syn = b2.Synapses(groups[-1], grp, "w : volt (constant)" + ("\ndW : 1" if learn[l] and not twin else ""),
                           on_pre="I_in_post += w", dt=dt, namespace=namespace, name=f"synapses{l}")
         pre, post = _replica_indices(B, M, N)
         syn.connect(i=pre, j=post)
         flat = (syn.j[:] % N) * M + syn.i[:] % M            # index into W.ravel() of each synapse
         syn.w[:] = np.asarray(W, dtype=np.float64).ravel()[flat] * mV
+        learner = syn
+        if twin:
+            learner = b2.Synapses(relay[1], grp, "dW : 1", dt=dt, namespace=namespace, name="synapses0_traces")
+            learner.connect(i=pre, j=post)
+            relay.append(learner)
         if learn[l]:
-            syn.run_regularly("dW += gp_post*e_v_pre", when="after_groups", name=f"synapses{l}_learn")
+            learner.run_regularly("dW += gp_post*e_v_pre", when="after_groups", name=f"synapses{l}_learn")
+            flat = (learner.j[:] % N) * M + learner.i[:] % M
         if record:
             v_mons.append(b2.StateMonitor(grp, "v", record=True, when="after_groups", name=f"v{l}"))
             s_mons.append(b2.SpikeMonitor(grp, name=f"spikes{l}"))
         groups.append(grp)
-        synapses.append((syn, flat))
+        synapses.append((syn, learner, flat))
 
-    net = b2.Network(groups, [s for s, _ in synapses], v_mons, s_mons)
+    net = b2.Network(groups, relay, [s for s, _, _ in synapses], v_mons, s_mons)
     net.run(T * dt, namespace=namespace)
 
     neuron_g, counts, grads = [], [], []
-    for l, (grp, (syn, flat)) in enumerate(zip(groups[1:], synapses)):
+    for l, (grp, (_, syn, flat)) in enumerate(zip(groups[1:], synapses)):
         N, M = weights[l].shape
         neuron_g.append(grp.g_acc[:].reshape(B, N) / T)
         counts.append(np.rint(grp.count[:]).astype(np.int64).reshape(B, N))
