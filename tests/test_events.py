@@ -267,3 +267,24 @@ def test_brian2_engine_feeds_event_input_like_vectorized():
         np.testing.assert_allclose(res.goodness[l], ref.goodness[l], rtol=0, atol=1e-9)
         np.testing.assert_allclose(res.grads[l][0], ref.grads[l][0], rtol=0, atol=1e-9)
         assert np.abs(ref.grads[l][0]).max() > 1e-4
+
+
+def test_event_raster_and_class_rate_plots(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from spikeff.plot import class_event_rates, plot_class_event_rates, plot_event_raster
+    x, y = spike_task(12, n_classes=3, T=40, M=2 * 4 * 4, p_on=0.4, p_off=0.0, seed=9)
+    st = SpikeTrains.from_dense(x)
+    fig = plot_event_raster(st, dt=1e-3, sample=2, n_label_channels=8, path=tmp_path / "raster.png")
+    pts = sum(len(c.get_offsets()) for c in fig.axes[0].collections)
+    assert pts == int(x[:, 2].sum()) and (tmp_path / "raster.png").stat().st_size > 0
+    plt.close(fig)
+    rates = class_event_rates(st, y, 3, dt=1e-3)
+    k = int(y[0])
+    np.testing.assert_allclose(rates[k], x[:, y == k].mean(axis=(0, 1)) * 1000.0)
+    lit = np.arange(32) % 3 == k
+    assert rates[k][~lit].max() == 0 and rates[k][lit].min() > 0
+    for shape in ((2, 4, 4), None):                      # a 2-D sensor (images), or channels (audio-like)
+        fig = plot_class_event_rates(st, y, 3, dt=1e-3, sensor_shape=shape, path=tmp_path / "rates.png")
+        assert (tmp_path / "rates.png").stat().st_size > 0
+        plt.close(fig)
