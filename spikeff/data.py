@@ -25,7 +25,7 @@ def check_X(X, n_features: int | None = None) -> np.ndarray:
 
     Spike input (:class:`spikeff.events.SpikeTrains`, or a (T, B, M) spike tensor, which becomes
     one) is checked for its number of channels and returned as SpikeTrains."""
-    if getattr(X, "ndim", None) == 3 or type(X).__name__ == "SpikeTrains":
+    if getattr(X, "ndim", None) == 3 or hasattr(X, "n_steps"):
         from .events import SpikeTrains
         X = X if isinstance(X, SpikeTrains) else SpikeTrains.from_dense(X)
         if len(X) == 0:
@@ -63,7 +63,11 @@ def check_Xy(X, y, n_features: int | None = None, n_classes: int | None = None):
     except (TypeError, ValueError):
         raise DataError("y: must be a 1-D array of integer labels") from None
     if y.ndim != 1 or len(y) != len(X):
-        raise DataError(f"y: must be 1-D with one label per sample ({len(X)}), got shape {y.shape}")
+        hint = ""
+        if hasattr(X, "n_steps"):
+            hint = (f"; X is read as spikes (T, B, M) = ({X.n_steps}, {len(X)}, {X.n_channels}) (images must be "
+                    "2-D: (n_samples, n_features))")
+        raise DataError(f"y: must be 1-D with one label per sample ({len(X)}), got shape {y.shape}{hint}")
     if not np.issubdtype(y.dtype, np.integer):
         if np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
             y = y.astype(np.int64)

@@ -80,7 +80,8 @@ class SpikeTrains:
         if a.dtype.kind not in "biuf":
             raise DataError(f"spikes: must be 0/1 numbers or booleans, got dtype {a.dtype}")
         if a.dtype != bool and not np.all((a == 0) | (a == 1)):
-            raise DataError("spikes: values must be 0 or 1 (one spike per channel and step at most)")
+            raise DataError("spikes: values must be 0 or 1 (one spike per channel and step at most); a 3-D X is "
+                            "read as spikes (T, B, M): images must be 2-D (n_samples, n_features)")
         T, B, M = a.shape
         return cls(sp.csr_matrix(a.transpose(1, 0, 2).reshape(B, T * M)), T, M)
 
@@ -252,7 +253,9 @@ def as_network_input(X, config):
     if isinstance(X, SpikeTrains):
         if X.n_steps != config.n_steps:
             raise DataError(f"spikes: have {X.n_steps} time steps, but the network's config has n_steps = "
-                            f"{config.n_steps}; make them equal (config.replace(n_steps={X.n_steps}))")
+                            f"{config.n_steps}; make them equal (config.replace(n_steps={X.n_steps})). X is read "
+                            f"as spikes (T, B, M) = ({X.n_steps}, {len(X)}, {X.n_channels}) (images must be 2-D: "
+                            "(n_samples, n_features))")
         if config.negatives == "hybrid":
             raise DataError("negatives = 'hybrid' mixes images; it does not apply to spike/event input "
                             "(use random, hard or readout_hard negatives)")

@@ -343,6 +343,11 @@ class FFNetwork:
             callback=None, n_classes: int | None = None, val_methods=None, threads=None):
         """Train from scratch for ``epochs`` (default: config.epochs). Returns self.
 
+        ``X``: intensities (n_samples, n_features) in [0, 1], or spike input (:mod:`spikeff.events`):
+        a (T, B, M) 0/1 spike tensor, :class:`~spikeff.events.SpikeTrains`, an
+        :class:`~spikeff.events.EventList` or a list of tonic event arrays (binned into ``n_steps``
+        steps of ``dt``); ``predict`` and ``score`` take the same kinds.
+
         ``(X_val, y_val)``: a validation split (never the test set): after each epoch its accuracy
         by each of ``val_methods`` (default: goodness and readout) is recorded as ``val_acc_METHOD``
         in the epoch's metrics, which are appended to ``history_``; ``callback(self, metrics)`` is
