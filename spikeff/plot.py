@@ -240,10 +240,20 @@ def make_run_figures(run_dir, out_dir=None, n_samples: int = 300, sample: int = 
     history = metrics.get("epochs") or net.history_
     if history:
         save(plot_training_curves(history), "training_curves.png")
+    events = hasattr(X, "to_spikes") or hasattr(X, "n_steps")
+    if events:                           # event data, binned as the network sees it (spikeff.events)
+        X = net._input(X)
+        save(plot_class_event_rates(X, y, net.n_classes_, c.neuron.dt, sensor_shape=data.image_shape),
+             "class_event_rates.png")
     x1, y1 = X[sample:sample + 1], y[sample:sample + 1]
     y1_neg = (y1 + 1) % net.n_classes_
     pos = net.simulate(x1, labels=y1, seed=1)
     neg = net.simulate(x1, labels=y1_neg, seed=1)
+    if events:
+        save(plot_event_raster(pos.record["input"][:, 0], dt=c.neuron.dt,
+                               n_label_channels=net.n_classes_ * c.label_repeat,
+                               title=f"input of test sample {sample} with label {y1[0]} (label channels red)"),
+             "input_events.png")
     for l in range(len(net.weights_)):
         save(plot_raster_phases(pos.record["spikes"][l][:, 0], neg.record["spikes"][l][:, 0], dt=c.neuron.dt,
                                 title=f"layer {l + 1}, label {y1[0]} (positive) vs {y1_neg[0]} (negative)"),
@@ -260,6 +270,8 @@ def make_run_figures(run_dir, out_dir=None, n_samples: int = 300, sample: int = 
     gpl = net.goodness_per_label(X)
     save(plot_label_goodness(gpl[sample], true_label=y[sample]), "label_goodness.png")
     shape = tuple(data.image_shape) if data.image_shape else (net.n_features_in_,)
+    if len(shape) == 3:                  # event sensors (P, H, W): polarities stacked vertically
+        shape = (shape[0] * shape[1], shape[2])
     save(plot_receptive_fields(net.weights_[0], shape), "receptive_fields.png")
     pred = np.argmax(gpl[:, :, net._layer_mask()].sum(axis=2), axis=1)
     save(plot_confusion_matrix(y, pred, net.n_classes_, title="goodness"), "confusion_goodness.png")

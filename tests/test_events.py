@@ -219,21 +219,24 @@ def test_cli_trains_and_evaluates_on_event_files(tmp_path, capsys):
     import json
 
     from spikeff import cli
-    ev, y = synthetic_events(160, n_classes=3, sensor_size=(5, 5, 2), duration_us=20_000, rate_hz=250, seed=7)
+    ev, y = synthetic_events(130, n_classes=3, sensor_size=(5, 5, 2), duration_us=15_000, rate_hz=300, seed=7)
     data_dir = tmp_path / "events"
     data_dir.mkdir()
-    save_events_npz(data_dir / "train.npz", ev[:120], y[:120], (5, 5, 2))
-    save_events_npz(data_dir / "test.npz", ev[120:], y[120:], (5, 5, 2))
+    save_events_npz(data_dir / "train.npz", ev[:100], y[:100], (5, 5, 2))
+    save_events_npz(data_dir / "test.npz", ev[100:], y[100:], (5, 5, 2))
     cfg = tmp_path / "ev.toml"
-    cfg.write_text('[network]\nhidden_sizes = [50, 50]\nn_steps = 20\n[neuron]\ndt = "1 ms"\n'
-                   '[encoding]\nlabel_repeat = 3\n[training]\nepochs = 3\nbatch_size = 32\nreadout = true\n')
+    cfg.write_text('[network]\nhidden_sizes = [30, 30]\nn_steps = 15\n[neuron]\ndt = "1 ms"\n'
+                   '[encoding]\nlabel_repeat = 3\n[training]\nepochs = 2\nbatch_size = 32\nreadout = true\n')
     out = tmp_path / "run"
     assert cli.main(["train", "--config", str(cfg), "--dataset", "events_npz", "--data-path", str(data_dir),
                      "--out", str(out), "--no-progress", "--val-fraction", "0.2"]) == 0
     m = json.loads((out / "metrics.json").read_text())
-    assert m["dataset"] == "events_npz" and m["n_test"] == 40 and m["test_acc"] >= 0.9
+    assert m["dataset"] == "events_npz" and m["n_test"] == 30 and m["test_acc"] >= 0.9
     assert cli.main(["eval", str(out / "model.npz"), "--dataset", "events_npz", "--data-path", str(data_dir)]) == 0
     assert "events_npz test accuracy (goodness)" in capsys.readouterr().out
+    assert cli.main(["plot", str(out), "--n-samples", "12"]) == 0
+    for name in ("input_events.png", "class_event_rates.png", "receptive_fields.png", "confusion_goodness.png"):
+        assert (out / "figures" / name).stat().st_size > 0
     assert cli.main(["train", "--dataset", "shd", "--data-path", str(tmp_path / "none"), "--out", str(out)]) == 2
     assert "shd_train.h5" in capsys.readouterr().err
 
