@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from .data import DATASETS
 from .runs import (VAL_FRACTION, ThreadSettings, check_data_matches, load_run, resolve_config_path,
                    train_run, write_json)
 
@@ -177,9 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "per epoch: accuracy, FF loss per layer, seconds, samples/s), "
                                    "model.npz (checkpoint after each epoch) and training_curves.png.")
     t.add_argument("--config", default=None, help="model config: a TOML path or a name in models/ (default: digits)")
-    t.add_argument("--dataset", default=None, choices=["digits", "fashion_mnist", "mnist"],
-                   help="data set (default: digits, embedded)")
-    t.add_argument("--data-path", default=None, help="directory with IDX files (fashion_mnist/mnist)")
+    t.add_argument("--dataset", default=None, choices=list(DATASETS),
+                   help="data set (default: digits, embedded); nmnist, dvs_gesture, shd: event data read by "
+                        "tonic from --data-path; events_npz: --data-path holds train.npz and test.npz event files")
+    t.add_argument("--data-path", default=None,
+                   help="directory with IDX files (fashion_mnist/mnist) or event data (nmnist, dvs_gesture, shd, "
+                        "events_npz)")
     t.add_argument("--epochs", type=int, default=None, help="override the config's number of epochs")
     t.add_argument("--seed", type=int, default=None, help="override the config's seed")
     t.add_argument("--engine", default=None, choices=["vectorized", "brian2"],
@@ -207,8 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Test accuracy of a saved model (goodness over all labels, and the "
                                    "one-pass readout when the model has one).")
     e.add_argument("model", help="model.npz written by train")
-    e.add_argument("--dataset", default="digits", choices=["digits", "fashion_mnist", "mnist"])
-    e.add_argument("--data-path", default=None, help="directory with IDX files")
+    e.add_argument("--dataset", default="digits", choices=list(DATASETS))
+    e.add_argument("--data-path", default=None, help="directory with IDX files or event data")
     e.add_argument("--n-test", type=_positive_int, default=None, help="first N test samples only")
     e.add_argument("--out", default=None, help="write the results as JSON here")
     e.set_defaults(func=cmd_eval)

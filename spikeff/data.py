@@ -21,7 +21,18 @@ class DataError(ValueError):
 
 
 def check_X(X, n_features: int | None = None) -> np.ndarray:
-    """``X`` as a float64 array (n_samples, n_features) of finite intensities in [0, 1], or DataError."""
+    """``X`` as a float64 array (n_samples, n_features) of finite intensities in [0, 1], or DataError.
+
+    Spike input (:class:`spikeff.events.SpikeTrains`, or a (T, B, M) spike tensor, which becomes
+    one) is checked for its number of channels and returned as SpikeTrains."""
+    if getattr(X, "ndim", None) == 3 or hasattr(X, "n_steps"):
+        from .events import SpikeTrains
+        X = X if isinstance(X, SpikeTrains) else SpikeTrains.from_dense(X)
+        if len(X) == 0:
+            raise DataError("X: is empty (0 samples)")
+        if n_features is not None and X.n_channels != n_features:
+            raise DataError(f"X: has {X.n_channels} spike channels, but the network was built for {n_features}")
+        return X
     try:
         raw = np.asarray(X)
         if raw.dtype.kind not in "biufO":
@@ -52,7 +63,11 @@ def check_Xy(X, y, n_features: int | None = None, n_classes: int | None = None):
     except (TypeError, ValueError):
         raise DataError("y: must be a 1-D array of integer labels") from None
     if y.ndim != 1 or len(y) != len(X):
-        raise DataError(f"y: must be 1-D with one label per sample ({len(X)}), got shape {y.shape}")
+        hint = ""
+        if hasattr(X, "n_steps"):
+            hint = (f"; X is read as spikes (T, B, M) = ({X.n_steps}, {len(X)}, {X.n_channels}) (images must be "
+                    "2-D: (n_samples, n_features))")
+        raise DataError(f"y: must be 1-D with one label per sample ({len(X)}), got shape {y.shape}{hint}")
     if not np.issubdtype(y.dtype, np.integer):
         if np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
             y = y.astype(np.int64)
@@ -185,12 +200,16 @@ def load_idx_dataset(name: str = "fashion_mnist", path=None) -> Dataset:
         f"${_ENV[name]}.")
 
 
-DATASETS = ("digits", "fashion_mnist", "mnist")
+DATASETS = ("digits", "fashion_mnist", "mnist", "nmnist", "dvs_gesture", "shd", "events_npz")
 
 
 def load_dataset(name: str, path=None) -> Dataset:
+    """A data set by name; the event data sets (see :mod:`spikeff.events`) give X as event lists."""
     if name == "digits":
         return load_digits_dataset()
     if name in _ENV:
         return load_idx_dataset(name, path)
+    if name in DATASETS:
+        from .events import load_event_dataset
+        return load_event_dataset(name, path)
     raise DataError(f"dataset: {name!r} is not valid; choose one of {list(DATASETS)}")

@@ -126,10 +126,18 @@ class FFNetwork:
     # -- simulation ---------------------------------------------------------------------------
     def _source(self, X, labels, seed, rows_per_noise=1):
         c = self.config
+        if getattr(X, "n_steps", None) is not None:          # spike/event input (spikeff.events)
+            from .events import event_source
+            return event_source(X, labels, self.n_classes_, c, seed, rows_per_noise, self.dtype)
         inten = overlay_labels(np.asarray(X, dtype=np.float64), labels, self.n_classes_,
                                c.label_repeat, c.label_intensity)
         return SpikeSource(inten, c.encoding, c.n_steps, c.neuron.dt, c.max_rate, seed,
                            rows_per_noise=rows_per_noise, dtype=self.dtype, latency_period=c.latency_period)
+
+    def _input(self, X):
+        """Event lists and spike tensors as :class:`spikeff.events.SpikeTrains`; images unchanged."""
+        from .events import as_network_input
+        return as_network_input(X, self.config)
 
     @property
     def store_budget_mb(self) -> float:
@@ -243,6 +251,7 @@ class FFNetwork:
         """Predicted labels. ``method``: "goodness" (try every label, highest summed goodness
         wins) or "readout" (one pass with the neutral label and the linear readout)."""
         method = method or self.config.predict_method
+        X = self._input(X)
         if method == "goodness":
             scores = self.goodness_per_label(X)[:, :, self._layer_mask()].sum(axis=2)
             return np.argmax(scores, axis=1)
@@ -256,7 +265,7 @@ class FFNetwork:
     def score(self, X, y, method: str | None = None) -> float:
         """Accuracy on (X, y)."""
         self._check_fitted()
-        X, y = check_Xy(X, y, self.n_features_in_, self.n_classes_)
+        X, y = check_Xy(self._input(X), y, self.n_features_in_, self.n_classes_)
         return float(np.mean(self.predict(X, method) == y))
 
     # -- training ------------------------------------------------------------------------------
@@ -403,6 +412,11 @@ class FFNetwork:
             callback=None, n_classes: int | None = None, val_methods=None, threads=None):
         """Train from scratch for ``epochs`` (default: config.epochs). Returns self.
 
+        ``X``: intensities (n_samples, n_features) in [0, 1], or spike input (:mod:`spikeff.events`):
+        a (T, B, M) 0/1 spike tensor, :class:`~spikeff.events.SpikeTrains`, an
+        :class:`~spikeff.events.EventList` or a list of tonic event arrays (binned into ``n_steps``
+        steps of ``dt``); ``predict`` and ``score`` take the same kinds.
+
         ``(X_val, y_val)``: a validation split (never the test set): after each epoch its accuracy
         by each of ``val_methods`` (default: goodness and readout) is recorded as ``val_acc_METHOD``
         in the epoch's metrics, which are appended to ``history_``; ``callback(self, metrics)`` is
@@ -410,7 +424,7 @@ class FFNetwork:
         pinned during training and kept in ``threads_`` (saved with the model) so that a resumed or
         repeated run uses the same BLAS thread count, on which float results depend.
         """
-        X, y = check_Xy(X, y)
+        X, y = check_Xy(self._input(X), y)
         if n_classes is not None and (not isinstance(n_classes, (int, np.integer)) or n_classes <= y.max()):
             raise DataError(f"n_classes: {n_classes!r} does not match the data: the labels go up to "
                             f"{y.max()}, so n_classes must be an integer >= {y.max() + 1}")
@@ -429,9 +443,9 @@ class FFNetwork:
         engine threads pinned to ``threads_``. The learning-rate schedule spans ``epochs``."""
         from .runs import pinned_threads
         self._check_fitted()
-        X, y = check_Xy(X, y, self.n_features_in_, self.n_classes_)
+        X, y = check_Xy(self._input(X), y, self.n_features_in_, self.n_classes_)
         if X_val is not None:
-            X_val, y_val = check_Xy(X_val, y_val, self.n_features_in_, self.n_classes_)
+            X_val, y_val = check_Xy(self._input(X_val), y_val, self.n_features_in_, self.n_classes_)
         epochs = self.config.epochs if epochs is None else epochs
         if val_methods is None:
             val_methods = ((["goodness"] if self.config.negatives != "hybrid" else [])

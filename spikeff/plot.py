@@ -240,10 +240,20 @@ def make_run_figures(run_dir, out_dir=None, n_samples: int = 300, sample: int = 
     history = metrics.get("epochs") or net.history_
     if history:
         save(plot_training_curves(history), "training_curves.png")
+    events = hasattr(X, "to_spikes") or hasattr(X, "n_steps")
+    if events:                           # event data, binned as the network sees it (spikeff.events)
+        X = net._input(X)
+        save(plot_class_event_rates(X, y, net.n_classes_, c.neuron.dt, sensor_shape=data.image_shape),
+             "class_event_rates.png")
     x1, y1 = X[sample:sample + 1], y[sample:sample + 1]
     y1_neg = (y1 + 1) % net.n_classes_
     pos = net.simulate(x1, labels=y1, seed=1)
     neg = net.simulate(x1, labels=y1_neg, seed=1)
+    if events:
+        save(plot_event_raster(pos.record["input"][:, 0], dt=c.neuron.dt,
+                               n_label_channels=net.n_classes_ * c.label_repeat,
+                               title=f"input of test sample {sample} with label {y1[0]} (label channels red)"),
+             "input_events.png")
     for l in range(len(net.weights_)):
         save(plot_raster_phases(pos.record["spikes"][l][:, 0], neg.record["spikes"][l][:, 0], dt=c.neuron.dt,
                                 title=f"layer {l + 1}, label {y1[0]} (positive) vs {y1_neg[0]} (negative)"),
@@ -260,6 +270,8 @@ def make_run_figures(run_dir, out_dir=None, n_samples: int = 300, sample: int = 
     gpl = net.goodness_per_label(X)
     save(plot_label_goodness(gpl[sample], true_label=y[sample]), "label_goodness.png")
     shape = tuple(data.image_shape) if data.image_shape else (net.n_features_in_,)
+    if len(shape) == 3:                  # event sensors (P, H, W): polarities stacked vertically
+        shape = (shape[0] * shape[1], shape[2])
     save(plot_receptive_fields(net.weights_[0], shape), "receptive_fields.png")
     pred = np.argmax(gpl[:, :, net._layer_mask()].sum(axis=2), axis=1)
     save(plot_confusion_matrix(y, pred, net.n_classes_, title="goodness"), "confusion_goodness.png")
@@ -268,3 +280,72 @@ def make_run_figures(run_dir, out_dir=None, n_samples: int = 300, sample: int = 
              "confusion_readout.png")
     log(f"spikeff plot: wrote {len(written)} figures to {out}/ ({len(X)} test samples of {data.name})")
     return written
+
+
+def plot_event_raster(spikes, dt: float = 1e-3, sample: int = 0, n_label_channels: int = 0, ax=None,
+                      path=None, title: str = ""):
+    """Input raster of one sample: one point per input spike (channel against time). ``spikes``: a
+    :class:`spikeff.events.SpikeTrains`, a (T, B, M) spike tensor, or a (T, M) raster of one sample;
+    the last ``n_label_channels`` channels (the FF label overlay) are drawn in red."""
+    if hasattr(spikes, "steps"):                     # SpikeTrains
+        s = spikes[sample].to_dense()[:, 0]
+    else:
+        s = np.asarray(spikes)
+        s = s[:, sample] if s.ndim == 3 else s
+    fig, ax = _axes(ax, (8, 3.6))
+    t, ch = np.nonzero(s)
+    M = s.shape[1]
+    is_label = ch >= M - n_label_channels
+    ax.scatter(t[~is_label] * dt * 1e3, ch[~is_label], s=3, marker="|", color="k")
+    if n_label_channels:
+        ax.scatter(t[is_label] * dt * 1e3, ch[is_label], s=3, marker="|", color="tab:red", label="label channels")
+        ax.legend(loc="upper right", fontsize=7)
+    ax.set(xlabel="time (ms)", ylabel="input channel", xlim=(0, s.shape[0] * dt * 1e3), ylim=(-0.5, M - 0.5),
+           title=title or f"input events: {int(s.sum())} spikes, {s.sum() / (M * s.shape[0] * dt):.1f} Hz per channel")
+    return _finish(fig, path)
+
+
+def class_event_rates(spikes, y, n_classes: int, dt: float) -> np.ndarray:
+    """Mean rate (Hz) of every input channel per class, shape (n_classes, n_channels), from
+    :class:`spikeff.events.SpikeTrains` (or a (T, B, M) tensor) and labels ``y``."""
+    if not hasattr(spikes, "counts"):
+        from .events import SpikeTrains
+        spikes = SpikeTrains.from_dense(spikes)
+    counts = spikes.counts().astype(np.float64)
+    y = np.asarray(y)
+    out = np.zeros((n_classes, counts.shape[1]))
+    for k in range(n_classes):
+        if np.any(y == k):
+            out[k] = counts[y == k].mean(axis=0) / (spikes.n_steps * dt)
+    return out
+
+
+def plot_class_event_rates(spikes, y, n_classes: int, dt: float, sensor_shape=None, class_names=None, path=None):
+    """Per-class event-rate images: the mean rate of every input channel over the samples of each
+    class, one panel per class. ``sensor_shape`` (P, H, W) (as ``Dataset.image_shape`` of an event
+    data set): 2-D sensors show the rate summed over polarities as an H x W image; otherwise (audio
+    like data, H = W = 1 or no shape) the channels are shown as one column per class."""
+    plt = _mpl()
+    rates = class_event_rates(spikes, y, n_classes, dt)
+    names = class_names or [str(k) for k in range(n_classes)]
+    if sensor_shape is not None and len(sensor_shape) == 3 and sensor_shape[1] > 1 and sensor_shape[2] > 1:
+        P, H, W = sensor_shape
+        imgs = rates.reshape(n_classes, P, H, W).sum(axis=1)
+        cols = min(n_classes, 6)
+        rows = int(np.ceil(n_classes / cols))
+        fig, axes = plt.subplots(rows, cols, figsize=(2 * cols, 2 * rows + 0.4), squeeze=False)
+        vmax = imgs.max() or 1.0
+        for k, ax in enumerate(axes.ravel()):
+            ax.axis("off")
+            if k < n_classes:
+                im = ax.imshow(imgs[k], cmap="magma", vmin=0, vmax=vmax)
+                ax.set_title(names[k], fontsize=9)
+        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="events/s per pixel (all polarities)")
+    else:
+        fig, ax = plt.subplots(figsize=(max(4, 0.5 * n_classes + 2), 4))
+        im = ax.imshow(rates.T, aspect="auto", cmap="magma", interpolation="nearest")
+        ax.set(xlabel="class", ylabel="input channel", xticks=range(n_classes))
+        ax.set_xticklabels(names, fontsize=7)
+        fig.colorbar(im, ax=ax, label="events/s")
+    fig.suptitle("input event rate per class")
+    return _finish(fig, path)

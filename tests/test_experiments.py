@@ -65,3 +65,20 @@ def test_activity_energy(tmp_path, monkeypatch):
     assert second["pre_spikes"] == pytest.approx(first["spikes"])     # layer 2's input is layer 1's output
     assert totals["goodness"]["passes"] == 10
     assert totals["goodness"]["ann_macs"] == 10 * sum(r["ann_macs"] for r in res["label_pass"])
+
+
+def test_biological_regime(tmp_path, monkeypatch):
+    res, saved = _run("biological_regime", tmp_path, monkeypatch)
+    by = {r["regime"]: r for r in saved["regimes"]}
+    bio, shipped = by["biological"], by["shipped"]
+    assert bio["dt_ms"] == pytest.approx(0.1) and bio["refractory_ms"] == pytest.approx(2.0)
+    assert bio["max_rate_hz"] <= 100 and bio["window_ms"] == pytest.approx(bio["n_steps"] * 0.1)
+    for r in (bio, shipped):
+        assert _acc_ok(r["test_acc_goodness"]) and _acc_ok(r["test_acc_readout"])
+        assert r["sops_per_inference"]["goodness"] > r["sops_per_inference"]["readout"] > 0
+    # measured, not configured: the refractory period caps every neuron at 1 / 2 ms = 500 Hz, and
+    # Poisson input at <= 100 Hz stays near that rate
+    assert all(q["peak_hz"] <= 500 + 1e-6 for q in bio["neutral_pass"]["layers"])
+    assert bio["neutral_pass"]["input_image_max_hz"] <= 150
+    assert shipped["neutral_pass"]["input_image_max_hz"] > 300
+    assert "git" in saved["provenance"] and "environment" in saved["provenance"]
