@@ -1,0 +1,141 @@
+"""Convolutional layers: geometry, the conv engine against the dense engine on the equivalent dense
+expansion, the local rule against finite differences, config and network."""
+import numpy as np
+import pytest
+
+from spikeff import FFConfig, NeuronConfig
+from spikeff.config import ConfigError, load_config
+from spikeff.encoding import SpikeSource
+from spikeff.engines.conv import run_phase as conv_run_phase
+from spikeff.engines.vectorized import run_phase as dense_run_phase
+from spikeff.goodness import get_goodness
+from spikeff.layers import (LayerError, LayerSpec, conv_matrix, dense_expansion, expand_bias, im2col,
+                            layer_geometries)
+from spikeff.neuron import DiscreteLIF
+
+SPECS = [LayerSpec("conv", channels=3, kernel=3, padding=1, pool=2),
+         LayerSpec("conv", channels=4, kernel=3, stride=2, padding=1),
+         LayerSpec("dense", size=5)]
+
+
+def small_net(rng, scale=0.8, specs=SPECS, shape=(2, 8, 8), n_global=3):
+    geos = layer_geometries(specs, shape, int(np.prod(shape)) + n_global)
+    W = [rng.normal(0, scale, g.weight_shape) for g in geos]
+    b = [rng.normal(0, 0.05, g.weight_shape[0]) for g in geos]
+    return geos, W, b
+
+
+def test_geometry_and_conv_matrix_match_a_direct_convolution():
+    rng = np.random.default_rng(0)
+    geo = layer_geometries([LayerSpec("conv", channels=2, kernel=3, stride=2, padding=1)], (2, 7, 7), 98 + 1)[0]
+    assert geo.out_shape == (2, 4, 4) and geo.weight_shape == (2, 2 * 9 + 1)
+    W = rng.normal(size=geo.weight_shape)
+    x = rng.normal(size=99)
+    img = np.pad(x[:98].reshape(2, 7, 7), ((0, 0), (1, 1), (1, 1)))
+    K = W[:, :18].reshape(2, 2, 3, 3)
+    direct = np.array([[[np.sum(K[o] * img[:, 2 * i:2 * i + 3, 2 * j:2 * j + 3]) + W[o, 18] * x[98]
+                         for j in range(4)] for i in range(4)] for o in range(2)])
+    np.testing.assert_allclose(conv_matrix(W, geo) @ x, direct.ravel(), rtol=1e-12)
+    np.testing.assert_allclose((im2col(x[None], geo) @ W.T).T.ravel(), direct.ravel(), rtol=1e-12)
+
+
+def test_conv_engine_equals_dense_engine_on_the_expansion():
+    rng = np.random.default_rng(1)
+    geos, W, b = small_net(rng)
+    lif = DiscreteLIF.from_config(NeuronConfig())
+    src = SpikeSource(rng.random((4, geos[0].n_in)), "rate", 17, 1e-3, 500.0, seed=1, dtype=np.float64)
+    g = get_goodness("energy_relu")
+    a = conv_run_phase(W, b, lif, g, src, 5, record=True, geometries=geos)
+    d = dense_run_phase(dense_expansion(W, geos), [expand_bias(x, gg) for x, gg in zip(b, geos)],
+                        lif, g, src, 5, record=True)
+    for l in range(3):
+        np.testing.assert_array_equal(a.record["spikes"][l], d.record["spikes"][l])
+        np.testing.assert_allclose(a.record["v"][l], d.record["v"][l], atol=1e-10)
+        np.testing.assert_allclose(a.goodness[l], d.goodness[l], rtol=1e-10)
+        assert a.spike_counts[l].sum() > 20          # compared while spiking, not in silence
+
+
+def test_chunk_and_block_size_do_not_change_the_conv_gradient(monkeypatch):
+    rng = np.random.default_rng(2)
+    geos, W, b = small_net(rng)
+    lif = DiscreteLIF.from_config(NeuronConfig())
+    src = SpikeSource(rng.random((3, geos[0].n_in)), "rate", 13, 1e-3, 500.0, seed=2, dtype=np.float64)
+    mods = [rng.normal(size=3) for _ in geos]
+    g = get_goodness("energy_relu")
+    a = conv_run_phase(W, b, lif, g, src, 13, modulators=mods, geometries=geos)
+    import spikeff.engines.conv as conv
+    monkeypatch.setattr(conv, "MAX_ELEMENTS", 100)    # many im2col blocks
+    monkeypatch.setattr(conv.conv_currents, "__defaults__", (np, 100))
+    monkeypatch.setattr(conv.conv_kernel_grad, "__defaults__", (np, 100, None))
+    c = conv_run_phase(W, b, lif, g, src, 4, modulators=mods, geometries=geos)
+    for l in range(3):
+        np.testing.assert_allclose(a.goodness[l], c.goodness[l], rtol=1e-12)
+        np.testing.assert_allclose(a.grads[l][0], c.grads[l][0], rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(a.grads[l][1], c.grads[l][1], rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("goodness_name", ["energy_relu", "energy"])
+def test_conv_local_rule_is_exact_gradient_subthreshold(goodness_name):
+    """Threshold out of reach: the shared-kernel rule (im2col of the traces) equals dG/dW, for the
+    kernels, the label (global) weights and the per-channel bias, checked by finite differences."""
+    rng = np.random.default_rng(3)
+    specs = [LayerSpec("conv", channels=2, kernel=3, stride=1, padding=1, pool=2)]
+    geos, W, b = small_net(rng, 0.5, specs, shape=(1, 6, 6), n_global=2)
+    W[0] += 0.1
+    lif = DiscreteLIF.from_config(NeuronConfig(v_threshold=1e9))
+    g = get_goodness(goodness_name)
+    src = SpikeSource(rng.random((3, geos[0].n_in)), "rate", 9, 1e-3, 500.0, seed=3, dtype=np.float64)
+    m = rng.normal(size=3)
+
+    def objective(Wx, bx):
+        return float(m @ conv_run_phase([Wx], [bx], lif, g, src, 4, geometries=geos).goodness[0])
+
+    dW, db = conv_run_phase(W, b, lif, g, src, 4, modulators=[m], geometries=geos).grads[0]
+    assert np.abs(dW).max() > 1e-6
+    eps = 1e-6
+    num = np.zeros_like(W[0])
+    for idx in np.ndindex(*W[0].shape):
+        Wp, Wm = W[0].copy(), W[0].copy()
+        Wp[idx] += eps
+        Wm[idx] -= eps
+        num[idx] = (objective(Wp, b[0]) - objective(Wm, b[0])) / (2 * eps)
+    np.testing.assert_allclose(dW, num, rtol=1e-5, atol=1e-9)
+    numb = np.array([(objective(W[0], b[0] + eps * e) - objective(W[0], b[0] - eps * e)) / (2 * eps)
+                     for e in np.eye(len(b[0]))])
+    np.testing.assert_allclose(db, numb, rtol=1e-5, atol=1e-9)
+
+
+def test_local_rule_of_a_layer_above_a_pooled_conv_layer():
+    """The layer above a sum-pooled conv layer learns from traces of the pooled spikes: exact."""
+    rng = np.random.default_rng(4)
+    specs = [LayerSpec("conv", channels=2, kernel=3, padding=1, pool=2),
+             LayerSpec("conv", channels=2, kernel=2, stride=1)]
+    geos, W, b = small_net(rng, 1.0, specs, shape=(1, 6, 6), n_global=0)
+    W[1] *= 0.01                                   # layer 2 subthreshold, layer 1 spiking
+    lif = DiscreteLIF.from_config(NeuronConfig())
+    g = get_goodness("energy_relu")
+    src = SpikeSource(rng.random((2, 36)), "rate", 10, 1e-3, 800.0, seed=5, dtype=np.float64)
+    m = [None, rng.normal(size=2)]
+    res = conv_run_phase(W, [None, None], lif, g, src, 3, modulators=m, geometries=geos)
+    assert res.spike_counts[0].sum() > 10 and res.spike_counts[1].sum() == 0
+
+    def f(W2):
+        return float(m[1] @ conv_run_phase([W[0], W2], [None, None], lif, g, src, 3, geometries=geos).goodness[1])
+    num = np.zeros_like(W[1])
+    for idx in np.ndindex(*W[1].shape):
+        Wp, Wm = W[1].copy(), W[1].copy()
+        Wp[idx] += 1e-6
+        Wm[idx] -= 1e-6
+        num[idx] = (f(Wp) - f(Wm)) / 2e-6
+    np.testing.assert_allclose(res.grads[1][0], num, rtol=1e-5, atol=1e-10)
+
+
+def test_bad_layers_give_clear_errors():
+    with pytest.raises(LayerError, match="kind"):
+        LayerSpec("pool")
+    with pytest.raises(LayerError, match="channels"):
+        LayerSpec("conv", kernel=3)
+    with pytest.raises(LayerError, match="pool 3 does not divide"):
+        layer_geometries([LayerSpec("conv", channels=2, kernel=3, pool=3)], (1, 6, 6), 36)
+    with pytest.raises(LayerError, match="input_shape"):
+        layer_geometries([LayerSpec("dense", size=4), LayerSpec("conv", channels=2, kernel=3)], (1, 6, 6), 36)
