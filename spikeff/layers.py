@@ -175,10 +175,13 @@ def _concat(arrays, axis, xp):
 
 # -- im2col and pooling (any array-API namespace) ---------------------------------------------------
 def im2col(x, geo: Geometry, xp=np):
-    """Patches of ``x`` (R, M) (R rows of image + global inputs) for the conv layer ``geo``:
-    shape (R * P, C*k*k + G), rows ordered (r, i, j), columns (c, dy, dx) then the globals.
+    """Patches of the image part of ``x`` (R, M) for the conv layer ``geo``: shape
+    (R * P, C*k*k), rows ordered (r, i, j), columns (c, dy, dx). The global inputs (the columns
+    after the image) are not included: they reach every position with one weight, see
+    :func:`spikeff.engines.conv.conv_currents`.
 
-    One strided slice per kernel tap (k*k slices), stacked: the "stride trick" form of im2col.
+    numpy: ``sliding_window_view`` (a strided view) copied once by the reshape; other array-API
+    namespaces: one strided slice per kernel tap, stacked.
     """
     s = geo.spec
     C, H, W = geo.in_shape
@@ -190,16 +193,13 @@ def im2col(x, geo: Geometry, xp=np):
         pad = xp.zeros((R, C, H + 2 * p, W + 2 * p), dtype=x.dtype)
         pad[:, :, p:p + H, p:p + W] = img
         img = pad
+    if xp is np:
+        win = np.lib.stride_tricks.sliding_window_view(img, (k, k), axis=(2, 3))[:, :, ::st, ::st]
+        return win[:, :, :Ho, :Wo].transpose(0, 2, 3, 1, 4, 5).reshape(R * Ho * Wo, C * k * k)
     taps = [img[:, :, dy:dy + st * (Ho - 1) + 1:st, dx:dx + st * (Wo - 1) + 1:st]
             for dy in range(k) for dx in range(k)]
-    cols = xp.stack(taps, axis=2)                                    # (R, C, k*k, Ho, Wo)
-    cols = _permute(cols, (0, 3, 4, 1, 2), xp)                       # (R, Ho, Wo, C, k*k)
-    cols = xp.reshape(cols, (R * Ho * Wo, C * k * k))
-    if geo.n_global:
-        g = xp.reshape(x[:, C * H * W:], (R, 1, geo.n_global))
-        g = xp.reshape(xp.broadcast_to(g, (R, Ho * Wo, geo.n_global)), (R * Ho * Wo, geo.n_global))
-        cols = _concat([cols, g], 1, xp)
-    return cols
+    cols = _permute(xp.stack(taps, axis=2), (0, 3, 4, 1, 2), xp)     # (R, Ho, Wo, C, k*k)
+    return xp.reshape(cols, (R * Ho * Wo, C * k * k))
 
 
 def pool_spikes(s, geo: Geometry, xp=np):
@@ -210,7 +210,12 @@ def pool_spikes(s, geo: Geometry, xp=np):
     C, Ho, Wo = geo.out_shape
     q = sp.pool
     R = s.shape[0]
-    y = xp.sum(xp.reshape(s, (R, C, Ho // q, q, Wo // q, q)), axis=(3, 5))
+    s4 = xp.reshape(s, (R, C, Ho, Wo))
+    y = None                     # q*q strided adds: faster than a reduction over two inner axes
+    for dy in range(q):
+        for dx in range(q):
+            part = s4[:, :, dy::q, dx::q]
+            y = part + 0 if y is None else y + part
     if sp.pool_mode == "avg":
         y = y / (q * q)
     return xp.reshape(y, (R, geo.n_out))
@@ -219,14 +224,18 @@ def pool_spikes(s, geo: Geometry, xp=np):
 # -- the equivalent dense network ---------------------------------------------------------------------
 def conv_matrix(W, geo: Geometry) -> np.ndarray:
     """The dense matrix (N, M) of a conv layer: ``conv_matrix(W) @ x == conv(W, x)`` for one sample
-    (neurons in (channel, row, column) order; global inputs broadcast to every position). Every
-    entry is one kernel weight or 0, so it is exact."""
+    (neurons in (channel, row, column) order; global inputs reach every position of a channel with
+    the channel's weight). Every entry is one kernel weight or 0, so it is exact."""
     W = np.asarray(W)
-    M = geo.n_in
-    cols = im2col(np.eye(M, dtype=W.dtype), geo)                     # (M * P, CKK + G)
+    C, H, Wd = geo.in_shape
+    n_img = C * H * Wd
+    cols = im2col(np.eye(n_img, dtype=W.dtype), geo)                 # (n_img * P, CKK)
     P, Co = geo.n_positions, geo.spec.channels
-    out = (cols @ W.T).reshape(M, P, Co)                             # out[m, p, o]
-    return np.ascontiguousarray(out.transpose(2, 1, 0).reshape(Co * P, M))
+    out = (cols @ W[:, :cols.shape[1]].T).reshape(n_img, P, Co)      # out[m, p, o]
+    D = np.empty((Co * P, geo.n_in), dtype=W.dtype)
+    D[:, :n_img] = out.transpose(2, 1, 0).reshape(Co * P, n_img)
+    D[:, n_img:] = np.repeat(W[:, cols.shape[1]:], P, axis=0)
+    return D
 
 
 def pool_matrix(geo: Geometry, dtype=np.float64) -> np.ndarray:

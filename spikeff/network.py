@@ -85,7 +85,13 @@ class FFNetwork:
         sizes = [n_features + n_classes * c.label_repeat, *c.hidden_sizes]
         self.weights_, self.biases_ = [], []
         xp, device = get_backend(c.backend)
-        for m, n in zip(sizes[:-1], sizes[1:]):
+        shapes = list(zip(sizes[1:], sizes[:-1]))
+        if c.layers:            # conv layers: kernels (channels, C*k*k + labels), one bias per channel
+            if c.input_shape and int(np.prod(c.input_shape)) != self.n_features_in_:
+                raise ValueError(f"input_shape {list(c.input_shape)} has {int(np.prod(c.input_shape))} values, "
+                                 f"the data have {self.n_features_in_} features")
+            shapes = [g.weight_shape for g in self.geometries]
+        for n, m in shapes:
             W = (rng.standard_normal((n, m)) * c.weight_init / np.sqrt(m)).astype(self.dtype)
             self.weights_.append(to_backend(W, xp, device, self.dtype))
             self.biases_.append(to_backend(np.zeros(n), xp, device, self.dtype))
@@ -107,12 +113,46 @@ class FFNetwork:
         return SpikeSource(inten, c.encoding, c.n_steps, c.neuron.dt, c.max_rate, seed,
                            rows_per_noise=rows_per_noise, dtype=self.dtype, latency_period=c.latency_period)
 
+    @property
+    def geometries(self):
+        """Per-layer :class:`spikeff.layers.Geometry` of a ``[[layers]]`` network (None otherwise)."""
+        c = self.config
+        if not c.layers:
+            return None
+        from .layers import layer_geometries
+        return layer_geometries(c.layers, c.input_shape or None,
+                                self.n_features_in_ + self.n_classes_ * c.label_repeat)
+
+    def dense_equivalent(self):
+        """(weights, biases) of the equivalent dense network (numpy; conv layers expanded, pooling
+        folded into the next layer, see :func:`spikeff.layers.dense_expansion`): what the exports
+        and the Brian2 engine simulate. The network's own arrays when it has no conv layer."""
+        from .backend import to_numpy
+        self._check_fitted()
+        W = [to_numpy(w) for w in self.weights_]
+        b = [to_numpy(x) for x in self.biases_]
+        if not self.config.has_conv:
+            return W, b
+        from .layers import dense_expansion, expand_bias
+        geos = self.geometries
+        return dense_expansion(W, geos), [expand_bias(x, g) for x, g in zip(b, geos)]
+
     def _run(self, source, modulators=None, record=False):
         c = self.config
         run_phase = get_engine(c.engine)
-        biases = self.biases_ if c.learn_bias else [None] * len(self.weights_)
+        weights, biases = self.weights_, (self.biases_ if c.learn_bias else [None] * len(self.weights_))
         kw = {"normalize": True} if c.normalization == "length" else {}
-        return run_phase(self.weights_, biases, self.lif, get_goodness(c.goodness), source,
+        if c.has_conv:
+            if c.engine == "vectorized":
+                from .engines.conv import run_phase
+                kw["geometries"] = self.geometries
+            elif modulators is not None:
+                raise ValueError(f"engine {c.engine!r} runs conv layers as their dense expansion, "
+                                 "without learning: train with engine = 'vectorized'")
+            else:                     # the equivalent dense network (kernels expanded)
+                weights, dense_b = self.dense_equivalent()
+                biases = dense_b if c.learn_bias else biases
+        return run_phase(weights, biases, self.lif, get_goodness(c.goodness), source,
                          c.chunk_steps, modulators=modulators, record=record, **kw)
 
     def simulate(self, X, labels=None, seed: int = 0, record: bool = True):

@@ -6,7 +6,7 @@ import pytest
 from spikeff import FFConfig, NeuronConfig
 from spikeff.config import ConfigError, load_config
 from spikeff.encoding import SpikeSource
-from spikeff.engines.conv import run_phase as conv_run_phase
+from spikeff.engines.conv import conv_currents, run_phase as conv_run_phase
 from spikeff.engines.vectorized import run_phase as dense_run_phase
 from spikeff.goodness import get_goodness
 from spikeff.layers import (LayerError, LayerSpec, conv_matrix, dense_expansion, expand_bias, im2col,
@@ -36,7 +36,9 @@ def test_geometry_and_conv_matrix_match_a_direct_convolution():
     direct = np.array([[[np.sum(K[o] * img[:, 2 * i:2 * i + 3, 2 * j:2 * j + 3]) + W[o, 18] * x[98]
                          for j in range(4)] for i in range(4)] for o in range(2)])
     np.testing.assert_allclose(conv_matrix(W, geo) @ x, direct.ravel(), rtol=1e-12)
-    np.testing.assert_allclose((im2col(x[None], geo) @ W.T).T.ravel(), direct.ravel(), rtol=1e-12)
+    np.testing.assert_allclose(conv_currents(x[None], W, geo)[0], direct.ravel(), rtol=1e-12)
+    np.testing.assert_allclose((im2col(x[None], geo) @ W[:, :18].T).T.ravel(), direct.ravel() - W[:, 18].repeat(16) * x[98],
+                               rtol=1e-12, atol=1e-12)
 
 
 def test_conv_engine_equals_dense_engine_on_the_expansion():
@@ -66,7 +68,7 @@ def test_chunk_and_block_size_do_not_change_the_conv_gradient(monkeypatch):
     import spikeff.engines.conv as conv
     monkeypatch.setattr(conv, "MAX_ELEMENTS", 100)    # many im2col blocks
     monkeypatch.setattr(conv.conv_currents, "__defaults__", (np, 100))
-    monkeypatch.setattr(conv.conv_kernel_grad, "__defaults__", (np, 100, None))
+    monkeypatch.setattr(conv.conv_kernel_grad, "__defaults__", (np, 100))
     c = conv_run_phase(W, b, lif, g, src, 4, modulators=mods, geometries=geos)
     for l in range(3):
         np.testing.assert_allclose(a.goodness[l], c.goodness[l], rtol=1e-12)

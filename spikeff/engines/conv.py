@@ -38,31 +38,45 @@ def _permute(a, axes, xp):
     return a.transpose(axes) if xp is np else xp.permute_dims(a, axes)
 
 
+def _split(W, geo: Geometry):
+    ckk = W.shape[1] - geo.n_global
+    return W[:, :ckk], (W[:, ckk:] if geo.n_global else None)
+
+
 def conv_currents(X, W, geo: Geometry, xp=np, max_elements: int = MAX_ELEMENTS):
-    """``conv(W, x)`` for rows ``X`` (R, M) -> (R, N), neurons in (channel, row, column) order."""
+    """``conv(W, x)`` for rows ``X`` (R, M) -> (R, N), neurons in (channel, row, column) order.
+
+    The image part as ``im2col(X) @ Wk.T`` in row blocks of at most ``max_elements`` patch entries;
+    the global inputs (labels) as one small GEMM ``X_g @ Wg.T`` added at every position."""
     R, P, Co = X.shape[0], geo.n_positions, geo.spec.channels
-    step = max(1, max_elements // max(1, P * W.shape[1]))
+    Wk, Wg = _split(W, geo)
+    step = max(1, max_elements // max(1, P * Wk.shape[1]))
     parts = []
     for r in range(0, R, step):
-        Y = im2col(X[r:r + step], geo, xp) @ W.T                     # (r*P, Co)
-        Y = _permute(xp.reshape(Y, (-1, P, Co)), (0, 2, 1), xp)
-        parts.append(xp.reshape(Y, (-1, Co * P)))
-    if len(parts) == 1:
-        return parts[0]
-    return np.concatenate(parts) if xp is np else xp.concat(parts, axis=0)
+        Y = im2col(X[r:r + step], geo, xp) @ Wk.T                    # (r*P, Co)
+        parts.append(_permute(xp.reshape(Y, (-1, P, Co)), (0, 2, 1), xp))
+    U = parts[0] if len(parts) == 1 else (np.concatenate(parts) if xp is np else xp.concat(parts, axis=0))
+    if Wg is not None:
+        U = U + (X[:, geo.n_in - geo.n_global:] @ Wg.T)[:, :, None]
+    return xp.reshape(U, (R, Co * P))
 
 
-def conv_kernel_grad(post, X, geo: Geometry, xp=np, max_elements: int = MAX_ELEMENTS, out_dtype=None):
+def conv_kernel_grad(post, X, geo: Geometry, xp=np, max_elements: int = MAX_ELEMENTS):
     """``sum_r sum_p post[r, o, p] * patch(X[r], p)``: (channels, C*k*k + G), for ``post`` (R, N)
-    (neurons in (channel, position) order) and presynaptic traces ``X`` (R, M)."""
+    (neurons in (channel, position) order) and presynaptic traces ``X`` (R, M): the shared-kernel
+    gradient is the sum over positions, one GEMM ``post.T @ im2col(X)`` per row block."""
     R, P, Co = X.shape[0], geo.n_positions, geo.spec.channels
-    F = geo.weight_shape[1]
+    F = geo.weight_shape[1] - geo.n_global
+    post3 = xp.reshape(post, (R, Co, P))
     step = max(1, max_elements // max(1, P * F))
     dW = None
     for r in range(0, R, step):
-        p = _permute(xp.reshape(post[r:r + step], (-1, Co, P)), (0, 2, 1), xp)
-        g = xp.reshape(p, (-1, Co)).T @ im2col(X[r:r + step], geo, xp)
+        p = xp.reshape(_permute(post3[r:r + step], (0, 2, 1), xp), (-1, Co))
+        g = p.T @ im2col(X[r:r + step], geo, xp)
         dW = g if dW is None else dW + g
+    if geo.n_global:
+        dWg = xp.sum(post3, axis=2).T @ X[:, geo.n_in - geo.n_global:]
+        dW = np.concatenate([dW, dWg], axis=1) if xp is np else xp.concat([dW, dWg], axis=1)
     return dW
 
 
