@@ -11,9 +11,11 @@ of synaptic delay); a layer only fixes which presynaptic spikes feed which neuro
   flattened in (c, dy, dx) order (PyTorch's ``Conv2d`` layout), and the current of neuron
   (o, i, j) is ``W[o] . patch(i, j)``: the convolution as one GEMM over im2col patches.
   ``G`` *global* inputs (the label channels of the first layer, appended after the image by
-  :func:`spikeff.encoding.overlay_labels`) reach every position of a channel with one weight each:
-  the label as a spatially uniform input map ("spatially extended label"), 10 extra columns
-  instead of 10 extra image channels.
+  :func:`spikeff.encoding.overlay_labels`) reach every neuron (o, i, j) of the layer with a weight
+  of their own: each label has a learned input map per channel (a learned "spatially extended
+  label"), stored after the kernel in row o as (position, label) (weights (channels,
+  C*k*k + P*G)). A shared weight per channel (the label as a uniform map) did not separate the
+  phases in our tests: the label then only scales whole channels.
 * ``pool`` (conv only): after the layer, non-overlapping ``pool x pool`` pooling of the *spikes*
   (``pool_mode = "sum"``: spike counts, or ``"avg"``: counts / pool^2) is what the next layer
   receives. Pooling is linear and fixed, so the next layer's eligibility traces filter the pooled
@@ -125,11 +127,22 @@ class Geometry:
         return self.out_shape[1] * self.out_shape[2] if self.is_conv else 1
 
     @property
+    def n_kernel(self):
+        """Kernel taps per channel (C*k*k) of a conv layer."""
+        return self.in_shape[0] * self.spec.kernel ** 2
+
+    @property
     def weight_shape(self):
+        """Stored weights: dense (N, M); conv (channels, C*k*k + P*G): each channel's kernel, then
+        its label map (P positions x G global inputs)."""
         if self.is_conv:
-            c, k = self.in_shape[0], self.spec.kernel
-            return (self.spec.channels, c * k * k + self.n_global)
+            return (self.spec.channels, self.n_kernel + self.n_positions * self.n_global)
         return (self.spec.size, self.n_in)
+
+    @property
+    def fan_in(self):
+        """Inputs that reach one neuron (for the weight initialisation)."""
+        return self.n_kernel + self.n_global if self.is_conv else self.n_in
 
 
 def layer_geometries(specs, input_shape, n_inputs: int) -> list[Geometry]:
@@ -224,8 +237,7 @@ def pool_spikes(s, geo: Geometry, xp=np):
 # -- the equivalent dense network ---------------------------------------------------------------------
 def conv_matrix(W, geo: Geometry) -> np.ndarray:
     """The dense matrix (N, M) of a conv layer: ``conv_matrix(W) @ x == conv(W, x)`` for one sample
-    (neurons in (channel, row, column) order; global inputs reach every position of a channel with
-    the channel's weight). Every entry is one kernel weight or 0, so it is exact."""
+    (neurons in (channel, row, column) order; the global inputs through the label maps). Every entry is one kernel weight or 0, so it is exact."""
     W = np.asarray(W)
     C, H, Wd = geo.in_shape
     n_img = C * H * Wd
@@ -234,7 +246,7 @@ def conv_matrix(W, geo: Geometry) -> np.ndarray:
     out = (cols @ W[:, :cols.shape[1]].T).reshape(n_img, P, Co)      # out[m, p, o]
     D = np.empty((Co * P, geo.n_in), dtype=W.dtype)
     D[:, :n_img] = out.transpose(2, 1, 0).reshape(Co * P, n_img)
-    D[:, n_img:] = np.repeat(W[:, cols.shape[1]:], P, axis=0)
+    D[:, n_img:] = W[:, cols.shape[1]:].reshape(Co * P, geo.n_global)
     return D
 
 

@@ -91,8 +91,9 @@ class FFNetwork:
                 raise ValueError(f"input_shape {list(c.input_shape)} has {int(np.prod(c.input_shape))} values, "
                                  f"the data have {self.n_features_in_} features")
             shapes = [g.weight_shape for g in self.geometries]
-        for n, m in shapes:
-            W = (rng.standard_normal((n, m)) * c.weight_init / np.sqrt(m)).astype(self.dtype)
+            fan_in = [g.fan_in for g in self.geometries]
+        for l, (n, m) in enumerate(shapes):
+            W = (rng.standard_normal((n, m)) * c.weight_init / np.sqrt(fan_in[l] if c.layers else m)).astype(self.dtype)
             self.weights_.append(to_backend(W, xp, device, self.dtype))
             self.biases_.append(to_backend(np.zeros(n), xp, device, self.dtype))
         self.optimizers_ = [make_optimizer(c.optimizer, [W, b], c.learning_rate)
@@ -137,21 +138,33 @@ class FFNetwork:
         geos = self.geometries
         return dense_expansion(W, geos), [expand_bias(x, g) for x, g in zip(b, geos)]
 
+    def dense_network(self) -> "FFNetwork":
+        """The equivalent network of dense layers (:meth:`dense_equivalent`, numpy arrays), with
+        the same readout, labels and encoding: the same spikes as this one. What the Lava export
+        and the Brian2 engine run for a conv network; ``self`` when there is no conv layer."""
+        if not self.config.has_conv:
+            return self
+        W, b = self.dense_equivalent()
+        d = FFNetwork(self.config.replace(layers=(), input_shape=(), backend="numpy"))
+        d.n_features_in_, d.n_classes_ = self.n_features_in_, self.n_classes_
+        d.weights_, d.biases_ = W, b
+        d.readout_, d.epochs_done_, d.history_ = self.readout_, self.epochs_done_, self.history_
+        d.threads_ = getattr(self, "threads_", None)
+        return d
+
     def _run(self, source, modulators=None, record=False):
         c = self.config
         run_phase = get_engine(c.engine)
         weights, biases = self.weights_, (self.biases_ if c.learn_bias else [None] * len(self.weights_))
         kw = {"normalize": True} if c.normalization == "length" else {}
         if c.has_conv:
-            if c.engine == "vectorized":
-                from .engines.conv import run_phase
-                kw["geometries"] = self.geometries
-            elif modulators is not None:
-                raise ValueError(f"engine {c.engine!r} runs conv layers as their dense expansion, "
-                                 "without learning: train with engine = 'vectorized'")
-            else:                     # the equivalent dense network (kernels expanded)
-                weights, dense_b = self.dense_equivalent()
-                biases = dense_b if c.learn_bias else biases
+            if c.engine != "vectorized":      # e.g. Brian2: the equivalent dense network
+                if modulators is not None:
+                    raise ValueError(f"engine {c.engine!r} runs conv layers as their dense expansion, "
+                                     "without learning: train with engine = 'vectorized'")
+                return self.dense_network()._run(source, record=record)
+            from .engines.conv import run_phase
+            kw["geometries"] = self.geometries
         return run_phase(weights, biases, self.lif, get_goodness(c.goodness), source,
                          c.chunk_steps, modulators=modulators, record=record, **kw)
 

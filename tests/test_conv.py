@@ -3,7 +3,7 @@ expansion, the local rule against finite differences, config and network."""
 import numpy as np
 import pytest
 
-from spikeff import FFConfig, NeuronConfig
+from spikeff import FFConfig, FFNetwork, NeuronConfig
 from spikeff.config import ConfigError, load_config
 from spikeff.encoding import SpikeSource
 from spikeff.engines.conv import conv_currents, run_phase as conv_run_phase
@@ -28,17 +28,18 @@ def small_net(rng, scale=0.8, specs=SPECS, shape=(2, 8, 8), n_global=3):
 def test_geometry_and_conv_matrix_match_a_direct_convolution():
     rng = np.random.default_rng(0)
     geo = layer_geometries([LayerSpec("conv", channels=2, kernel=3, stride=2, padding=1)], (2, 7, 7), 98 + 1)[0]
-    assert geo.out_shape == (2, 4, 4) and geo.weight_shape == (2, 2 * 9 + 1)
+    assert geo.out_shape == (2, 4, 4) and geo.weight_shape == (2, 2 * 9 + 16 * 1) and geo.fan_in == 19
     W = rng.normal(size=geo.weight_shape)
     x = rng.normal(size=99)
     img = np.pad(x[:98].reshape(2, 7, 7), ((0, 0), (1, 1), (1, 1)))
     K = W[:, :18].reshape(2, 2, 3, 3)
-    direct = np.array([[[np.sum(K[o] * img[:, 2 * i:2 * i + 3, 2 * j:2 * j + 3]) + W[o, 18] * x[98]
-                         for j in range(4)] for i in range(4)] for o in range(2)])
+    label_map = W[:, 18:].reshape(2, 4, 4)            # one weight per (channel, position) for the label
+    conv = np.array([[[np.sum(K[o] * img[:, 2 * i:2 * i + 3, 2 * j:2 * j + 3]) for j in range(4)]
+                      for i in range(4)] for o in range(2)])
+    direct = conv + label_map * x[98]
     np.testing.assert_allclose(conv_matrix(W, geo) @ x, direct.ravel(), rtol=1e-12)
     np.testing.assert_allclose(conv_currents(x[None], W, geo)[0], direct.ravel(), rtol=1e-12)
-    np.testing.assert_allclose((im2col(x[None], geo) @ W[:, :18].T).T.ravel(), direct.ravel() - W[:, 18].repeat(16) * x[98],
-                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose((im2col(x[None], geo) @ W[:, :18].T).T.ravel(), conv.ravel(), rtol=1e-12)
 
 
 def test_conv_engine_equals_dense_engine_on_the_expansion():
@@ -141,3 +142,88 @@ def test_bad_layers_give_clear_errors():
         layer_geometries([LayerSpec("conv", channels=2, kernel=3, pool=3)], (1, 6, 6), 36)
     with pytest.raises(LayerError, match="input_shape"):
         layer_geometries([LayerSpec("dense", size=4), LayerSpec("conv", channels=2, kernel=3)], (1, 6, 6), 36)
+
+
+# -- config and network -------------------------------------------------------------------------------
+CONV_LAYERS = [{"kind": "conv", "channels": 4, "kernel": 3, "padding": 1, "pool": 2},
+               {"kind": "dense", "size": 30}]
+
+
+def conv_config(**kw):
+    base = dict(layers=CONV_LAYERS, input_shape=(1, 8, 8), n_steps=12, epochs=1, batch_size=32,
+                dtype="float64", seed=3, eval_batch_size=60, chunk_steps=5)
+    base.update(kw)
+    return FFConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def conv_net(digits):
+    return FFNetwork(conv_config()).fit(digits.X_train[:300], digits.y_train[:300], n_classes=10)
+
+
+def test_config_layers_toml_and_dense_configs_unchanged(tmp_path):
+    c = conv_config()
+    assert c.hidden_sizes == (4 * 8 * 8, 30) and c.has_conv
+    assert FFConfig.from_dict(c.to_dict()) == c
+    path = tmp_path / "conv.toml"
+    path.write_text('[network]\ninput_shape = [1, 8, 8]\n\n[[layers]]\nkind = "conv"\nchannels = 4\n'
+                    'kernel = 3\npadding = 1\npool = 2\n\n[[layers]]\nkind = "dense"\nsize = 30\n')
+    assert load_config(path).layers == c.layers
+    d = FFConfig(hidden_sizes=(20, 10)).to_dict()          # dense-only: no new keys, same config hash
+    assert "layers" not in d and "input_shape" not in d and not FFConfig().has_conv
+    with pytest.raises(ConfigError, match="input_shape"):
+        FFConfig(layers=CONV_LAYERS)
+    with pytest.raises(ConfigError, match="conflicts"):
+        conv_config(hidden_sizes=(7, 7))
+    with pytest.raises(ConfigError, match="unknown keys"):
+        conv_config(layers=[{"kind": "conv", "channels": 2, "kernel": 3, "filters": 2}])
+    with pytest.raises(ConfigError, match="does not divide"):
+        conv_config(layers=[{"kind": "conv", "channels": 2, "kernel": 2, "pool": 2}])
+
+
+def test_conv_network_trains_saves_and_equals_its_dense_network(conv_net, digits, tmp_path):
+    from spikeff import FFNetwork as F
+    net = conv_net
+    assert net.weights_[0].shape == (4, 9 + 64 * 10) and net.biases_[0].shape == (4,)
+    X, y = digits.X_test[:40], digits.y_test[:40]
+    assert net.score(digits.X_test[:200], digits.y_test[:200], method="readout") > 0.25   # chance: 0.1
+    net.save(tmp_path / "m.npz")
+    back = F.load(tmp_path / "m.npz")
+    np.testing.assert_array_equal(back.goodness(X[:5], y[:5]), net.goodness(X[:5], y[:5]))
+    a = net.simulate(X[:4], y[:4], seed=5)
+    d = net.dense_network().simulate(X[:4], y[:4], seed=5)
+    for l in range(2):
+        assert a.record["spikes"][l].sum() > 20
+        np.testing.assert_array_equal(a.record["spikes"][l], d.record["spikes"][l])
+        np.testing.assert_allclose(a.record["v"][l], d.record["v"][l], atol=1e-10)
+
+
+def test_brian2_engine_on_a_conv_net(conv_net, digits):
+    pytest.importorskip("brian2", reason="brian2 is not installed")
+    X, y = digits.X_test[:3], digits.y_test[:3]
+    ref = conv_net.simulate(X, y, seed=2)
+    b2 = FFNetwork(conv_net.config.replace(engine="brian2"))
+    for k in ("n_features_in_", "n_classes_", "weights_", "biases_", "readout_", "epochs_done_"):
+        setattr(b2, k, getattr(conv_net, k))
+    got = b2.simulate(X, y, seed=2)
+    for l in range(2):
+        assert ref.record["spikes"][l].sum() > 20
+        np.testing.assert_array_equal(got.record["spikes"][l], ref.record["spikes"][l])
+        np.testing.assert_allclose(got.record["v"][l], ref.record["v"][l], rtol=0, atol=1e-9)
+        np.testing.assert_allclose(got.goodness[l], ref.goodness[l], rtol=0, atol=1e-9)
+    with pytest.raises(ValueError, match="without learning"):
+        b2.train_batch(X, y, seed=[0])
+
+
+@pytest.mark.lava
+def test_lava_float_spikes_identical_on_a_conv_net(conv_net, digits):
+    from spikeff.export import lava as lx
+    if not lx.lava_available():
+        pytest.skip("lava-nc is not installed (pip install spikeff[lava])")
+    X, y = digits.X_test[:2], digits.y_test[:2]
+    ref = conv_net.simulate(np.r_[X, X], np.r_[y, (y + 1) % 10], seed=11)
+    got = lx.simulate(conv_net, ref.record["input"], mode="floating_pt", backend="lava")
+    for l in range(2):
+        assert ref.record["spikes"][l].sum() > 20, "test needs a spiking layer"
+        np.testing.assert_array_equal(got["spikes"][l], ref.record["spikes"][l])
+        np.testing.assert_allclose(got["v"][l], ref.record["v"][l], rtol=0, atol=1e-10)

@@ -39,15 +39,20 @@ def _permute(a, axes, xp):
 
 
 def _split(W, geo: Geometry):
-    ckk = W.shape[1] - geo.n_global
-    return W[:, :ckk], (W[:, ckk:] if geo.n_global else None)
+    """(kernels (channels, C*k*k), label maps (N, G) or None) of a conv layer's weights."""
+    ckk = geo.n_kernel
+    return W[:, :ckk], (xp_reshape(W[:, ckk:], (geo.n_neurons, geo.n_global)) if geo.n_global else None)
+
+
+def xp_reshape(a, shape):
+    return a.reshape(shape) if isinstance(a, np.ndarray) else namespace(a).reshape(a, shape)
 
 
 def conv_currents(X, W, geo: Geometry, xp=np, max_elements: int = MAX_ELEMENTS):
     """``conv(W, x)`` for rows ``X`` (R, M) -> (R, N), neurons in (channel, row, column) order.
 
     The image part as ``im2col(X) @ Wk.T`` in row blocks of at most ``max_elements`` patch entries;
-    the global inputs (labels) as one small GEMM ``X_g @ Wg.T`` added at every position."""
+    the global inputs (labels) through their maps as one small GEMM ``X_g @ Wg.T``."""
     R, P, Co = X.shape[0], geo.n_positions, geo.spec.channels
     Wk, Wg = _split(W, geo)
     step = max(1, max_elements // max(1, P * Wk.shape[1]))
@@ -56,9 +61,10 @@ def conv_currents(X, W, geo: Geometry, xp=np, max_elements: int = MAX_ELEMENTS):
         Y = im2col(X[r:r + step], geo, xp) @ Wk.T                    # (r*P, Co)
         parts.append(_permute(xp.reshape(Y, (-1, P, Co)), (0, 2, 1), xp))
     U = parts[0] if len(parts) == 1 else (np.concatenate(parts) if xp is np else xp.concat(parts, axis=0))
+    U = xp.reshape(U, (R, Co * P))
     if Wg is not None:
-        U = U + (X[:, geo.n_in - geo.n_global:] @ Wg.T)[:, :, None]
-    return xp.reshape(U, (R, Co * P))
+        U = U + X[:, geo.n_in - geo.n_global:] @ Wg.T
+    return U
 
 
 def conv_kernel_grad(post, X, geo: Geometry, xp=np, max_elements: int = MAX_ELEMENTS):
@@ -66,7 +72,7 @@ def conv_kernel_grad(post, X, geo: Geometry, xp=np, max_elements: int = MAX_ELEM
     (neurons in (channel, position) order) and presynaptic traces ``X`` (R, M): the shared-kernel
     gradient is the sum over positions, one GEMM ``post.T @ im2col(X)`` per row block."""
     R, P, Co = X.shape[0], geo.n_positions, geo.spec.channels
-    F = geo.weight_shape[1] - geo.n_global
+    F = geo.n_kernel
     post3 = xp.reshape(post, (R, Co, P))
     step = max(1, max_elements // max(1, P * F))
     dW = None
@@ -75,7 +81,7 @@ def conv_kernel_grad(post, X, geo: Geometry, xp=np, max_elements: int = MAX_ELEM
         g = p.T @ im2col(X[r:r + step], geo, xp)
         dW = g if dW is None else dW + g
     if geo.n_global:
-        dWg = xp.sum(post3, axis=2).T @ X[:, geo.n_in - geo.n_global:]
+        dWg = xp.reshape(post.T @ X[:, geo.n_in - geo.n_global:], (Co, P * geo.n_global))
         dW = np.concatenate([dW, dWg], axis=1) if xp is np else xp.concat([dW, dWg], axis=1)
     return dW
 
