@@ -1,5 +1,7 @@
 """Convolutional layers: geometry, the conv engine against the dense engine on the equivalent dense
 expansion, the local rule against finite differences, config and network."""
+import json
+
 import numpy as np
 import pytest
 
@@ -150,7 +152,7 @@ CONV_LAYERS = [{"kind": "conv", "channels": 4, "kernel": 3, "padding": 1, "pool"
 
 
 def conv_config(**kw):
-    base = dict(layers=CONV_LAYERS, input_shape=(1, 8, 8), n_steps=12, epochs=1, batch_size=32,
+    base = dict(layers=CONV_LAYERS, input_shape=(1, 8, 8), n_steps=12, epochs=3, batch_size=32,
                 dtype="float64", seed=3, eval_batch_size=60, chunk_steps=5)
     base.update(kw)
     return FFConfig(**base)
@@ -186,7 +188,7 @@ def test_conv_network_trains_saves_and_equals_its_dense_network(conv_net, digits
     net = conv_net
     assert net.weights_[0].shape == (4, 9 + 64 * 10) and net.biases_[0].shape == (4,)
     X, y = digits.X_test[:40], digits.y_test[:40]
-    assert net.score(digits.X_test[:200], digits.y_test[:200], method="readout") > 0.25   # chance: 0.1
+    assert net.score(digits.X_test[:200], digits.y_test[:200], method="readout") > 0.3   # chance: 0.1 (0.45 seen)
     net.save(tmp_path / "m.npz")
     back = F.load(tmp_path / "m.npz")
     np.testing.assert_array_equal(back.goodness(X[:5], y[:5]), net.goodness(X[:5], y[:5]))
@@ -227,3 +229,37 @@ def test_lava_float_spikes_identical_on_a_conv_net(conv_net, digits):
         assert ref.record["spikes"][l].sum() > 20, "test needs a spiking layer"
         np.testing.assert_array_equal(got["spikes"][l], ref.record["spikes"][l])
         np.testing.assert_allclose(got["v"][l], ref.record["v"][l], rtol=0, atol=1e-10)
+
+
+def test_nir_export_of_a_conv_net(conv_net, tmp_path):
+    nir = pytest.importorskip("nir", reason="nir is not installed (pip install spikeff[nir])")
+    from scipy.signal import correlate
+    from spikeff.export.nir import export_nir
+    from spikeff.layers import pool_spikes
+    path = tmp_path / "conv.nir"
+    export_nir(conv_net, path)
+    g = nir.read(str(path), type_check=False)       # the label path: flat (N,) into (C, H, W)
+    kinds = {k: type(v).__name__ for k, v in g.nodes.items()}
+    assert kinds == {"input": "Input", "conv0": "Conv2d", "lif0": "CubaLIF", "label": "Input", "label_fc0": "Linear",
+                     "pool0": "SumPool2d", "flatten1": "Flatten", "fc1": "Linear", "lif1": "CubaLIF", "output": "Output"}
+    assert set(map(tuple, g.edges)) == {("input", "conv0"), ("conv0", "lif0"), ("label", "label_fc0"),
+                                        ("label_fc0", "lif0"), ("lif0", "pool0"), ("pool0", "flatten1"),
+                                        ("flatten1", "fc1"), ("fc1", "lif1"), ("lif1", "output")}
+    geo0, geo1 = conv_net.geometries
+    # the graph's nodes compute what spikeff computes: conv + label map, sum pooling, flatten, linear
+    rng = np.random.default_rng(0)
+    x = (rng.random(geo0.n_in) < 0.3).astype(float)
+    conv, lab = g.nodes["conv0"], g.nodes["label_fc0"]
+    img = np.pad(x[:64].reshape(1, 8, 8), ((0, 0), (1, 1), (1, 1)))
+    assert tuple(conv.padding) == (1, 1) and tuple(conv.stride) == (1, 1)
+    cur = np.stack([correlate(img, conv.weight[o], mode="valid")[0] for o in range(4)]).ravel()
+    cur += lab.weight @ x[64:]
+    np.testing.assert_allclose(cur, conv_currents(x[None], conv_net.weights_[0], geo0)[0], atol=1e-12)
+    s = (rng.random(geo0.n_neurons) < 0.5).astype(float)
+    q = g.nodes["pool0"].kernel_size
+    pooled = s.reshape(4, 4, q[0], 4, q[1]).sum(axis=(2, 4))
+    np.testing.assert_array_equal(pooled.ravel(), pool_spikes(s[None], geo0)[0])
+    assert tuple(g.nodes["flatten1"].output_type["output"]) == (64,) and g.nodes["flatten1"].start_dim == 0
+    np.testing.assert_array_equal(g.nodes["fc1"].weight, conv_net.weights_[1])
+    assert g.nodes["lif0"].tau_mem.shape == (4, 8, 8)
+    assert json.loads(g.metadata["layers"])[0]["kind"] == "conv"
