@@ -263,3 +263,16 @@ def test_nir_export_of_a_conv_net(conv_net, tmp_path):
     np.testing.assert_array_equal(g.nodes["fc1"].weight, conv_net.weights_[1])
     assert g.nodes["lif0"].tau_mem.shape == (4, 8, 8)
     assert json.loads(g.metadata["layers"])[0]["kind"] == "conv"
+
+
+def test_conv_plots(conv_net, digits, tmp_path):
+    from spikeff.plot import plot_conv_kernels, plot_raster_phases
+    fig = plot_conv_kernels(conv_net.weights_[0], conv_net.geometries[0], path=tmp_path / "k.png")
+    assert (tmp_path / "k.png").stat().st_size > 1000 and len(fig.axes) == 4
+    with pytest.raises(ValueError, match="channel"):
+        plot_conv_kernels(conv_net.weights_[0], conv_net.geometries[0], channel=1)
+    rec = conv_net.simulate(digits.X_test[:1], labels=digits.y_test[:1], seed=1)
+    s = rec.record["spikes"][0][:, 0]                     # conv layer: (T, channels * H * W)
+    assert s.shape == (12, 256)
+    plot_raster_phases(s, s, path=tmp_path / "r.png")
+    assert (tmp_path / "r.png").stat().st_size > 1000
