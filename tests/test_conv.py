@@ -276,3 +276,27 @@ def test_conv_plots(conv_net, digits, tmp_path):
     assert s.shape == (12, 256)
     plot_raster_phases(s, s, path=tmp_path / "r.png")
     assert (tmp_path / "r.png").stat().st_size > 1000
+
+
+def test_conv_engine_on_the_array_api_path_matches_numpy():
+    """The GPU path (any array-API namespace; here array_api_strict on CPU): same spikes,
+    potentials and gradients as numpy, refractory period included."""
+    xps = pytest.importorskip("array_api_strict", reason="array-api-strict is not installed")
+    pytest.importorskip("array_api_compat", reason="array-api-compat is not installed")
+    from spikeff.backend import namespace, to_backend, to_numpy
+    rng = np.random.default_rng(6)
+    geos, W, b = small_net(rng)
+    lif = DiscreteLIF.from_config(NeuronConfig(refractory=2e-3))
+    src = SpikeSource(rng.random((3, geos[0].n_in)), "rate", 11, 1e-3, 500.0, seed=4, dtype=np.float64)
+    mods = [rng.normal(size=3) for _ in geos]
+    g = get_goodness("energy_relu")
+    ref = conv_run_phase(W, b, lif, g, src, 4, modulators=mods, record=True, geometries=geos)
+    Wx, bx = [to_backend(w, xps) for w in W], [to_backend(v, xps) for v in b]
+    res = conv_run_phase(Wx, bx, lif, g, src, 4, modulators=mods, record=True, geometries=geos)
+    for l in range(3):
+        assert ref.spike_counts[l].sum() > 10
+        np.testing.assert_array_equal(res.record["spikes"][l], ref.record["spikes"][l])
+        np.testing.assert_allclose(res.record["v"][l], ref.record["v"][l], atol=1e-12)
+        assert namespace(res.grads[l][0]) is not np
+        np.testing.assert_allclose(to_numpy(res.grads[l][0]), ref.grads[l][0], rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(to_numpy(res.grads[l][1]), ref.grads[l][1], rtol=1e-10, atol=1e-14)

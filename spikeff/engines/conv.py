@@ -58,7 +58,7 @@ def conv_currents(X, W, geo: Geometry, xp=np, max_elements: int = MAX_ELEMENTS):
     step = max(1, max_elements // max(1, P * Wk.shape[1]))
     parts = []
     for r in range(0, R, step):
-        Y = im2col(X[r:r + step], geo, xp) @ Wk.T                    # (r*P, Co)
+        Y = im2col(X[r:min(r + step, R), ...], geo, xp) @ Wk.T                    # (r*P, Co)
         parts.append(_permute(xp.reshape(Y, (-1, P, Co)), (0, 2, 1), xp))
     U = parts[0] if len(parts) == 1 else (np.concatenate(parts) if xp is np else xp.concat(parts, axis=0))
     U = xp.reshape(U, (R, Co * P))
@@ -77,8 +77,8 @@ def conv_kernel_grad(post, X, geo: Geometry, xp=np, max_elements: int = MAX_ELEM
     step = max(1, max_elements // max(1, P * F))
     dW = None
     for r in range(0, R, step):
-        p = xp.reshape(_permute(post3[r:r + step], (0, 2, 1), xp), (-1, Co))
-        g = p.T @ im2col(X[r:r + step], geo, xp)
+        p = xp.reshape(_permute(post3[r:min(r + step, R), ...], (0, 2, 1), xp), (-1, Co))
+        g = p.T @ im2col(X[r:min(r + step, R), ...], geo, xp)
         dW = g if dW is None else dW + g
     if geo.n_global:
         dWg = xp.reshape(post.T @ X[:, geo.n_in - geo.n_global:], (Co, P * geo.n_global))
@@ -126,10 +126,10 @@ class _Layer:
                 self._filters[k] = to_backend(trace_filter(lif, k, with_ev=self.learn), xp, dtype=self.dtype)
             Z = xp.concat([self.state, x[:k - 1, ...]], axis=0)
             E = xp.reshape(self._filters[k] @ xp.reshape(Z, (k + 2, B * M)), (-1, B, M))
-        ev = E[k:2 * k] if self.learn else None
-        ev_end = E[2 * k - 1] if self.learn else self.state[1]
-        self.state = xp.stack([E[k - 1], ev_end, x[k - 1]])
-        return E[:k], ev
+        ev = E[k:2 * k, ...] if self.learn else None
+        ev_end = E[2 * k - 1, ...] if self.learn else self.state[1, ...]
+        self.state = xp.stack([E[k - 1, ...], ev_end, x[k - 1, ...]])
+        return E[:k, ...], ev
 
     def run_chunk(self, x, k, e_b_steps, record):
         xp, B, N, M, lif, geo = self.xp, self.B, self.N, self.M, self.lif, self.geo
