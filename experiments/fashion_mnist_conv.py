@@ -39,8 +39,13 @@ def main(argv=None):
     p.add_argument("--minutes", type=float, default=60.0, help="training budget: no epoch is started that would end after it (by the last epoch's time)")
     p.add_argument("--out", default=str(ROOT / "results" / "fashion_mnist_conv.json"))
     p.add_argument("--run-dir", default=str(ROOT / "runs" / "fashion_mnist_conv"), help="checkpoint per epoch")
+    p.add_argument("--figures-only", default=None, metavar="MODEL",
+                   help="only draw the kernels and conv-layer rasters of a saved model into results/figures")
     args = p.parse_args(argv)
     command = "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])
+    if args.figures_only:
+        return figures(FFNetwork.load(args.figures_only), load_dataset("fashion_mnist", args.data_path),
+                       Path(args.out).parent / "figures")
 
     config = load_config(args.config)
     if args.epochs is not None:
@@ -90,6 +95,28 @@ def main(argv=None):
     write_json(out, result)
     print(f"test accuracy ({method}) {result['test_acc']:.4f} after {len(result['epochs'])} epochs, "
           f"{t_train / 60:.1f} min of training", flush=True)
+
+
+def figures(net, data, out_dir):
+    """Kernels of the first conv layer and rasters of each layer (positive vs negative label) for
+    the first test image."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from spikeff.plot import plot_conv_kernels, plot_raster_phases
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / "fashion_mnist_conv_kernels.png"]
+    plt.close(plot_conv_kernels(net.weights_[0], net.geometries[0], path=written[0]))
+    x, y = data.X_test[:1], data.y_test[:1]
+    pos, neg = net.simulate(x, y, seed=1), net.simulate(x, (y + 1) % 10, seed=1)
+    for l in range(len(net.weights_)):
+        written.append(out_dir / f"fashion_mnist_conv_raster_layer{l + 1}.png")
+        plt.close(plot_raster_phases(pos.record["spikes"][l][:, 0], neg.record["spikes"][l][:, 0],
+                                     title=f"layer {l + 1} ({net.config.layers[l].kind}), label {y[0]} vs "
+                                           f"{(y[0] + 1) % 10}", path=written[-1]))
+    print("wrote " + ", ".join(map(str, written)))
+    return written
 
 
 if __name__ == "__main__":
