@@ -120,6 +120,8 @@ class FFConfig:
     engine: str = "vectorized"
     backend: str = "numpy"             # array library of the vectorized engine: numpy, cupy (GPU), torch
     chunk_steps: int = 10              # time steps simulated per GEMM (memory is O(chunk), not O(T))
+    layers: tuple = ()                 # [[layers]] (conv and dense, see spikeff.layers); empty: hidden_sizes
+    input_shape: tuple = ()            # (C, H, W) of the image, needed by conv layers
     # [encoding]
     encoding: str = "rate"
     max_rate: float = 500.0            # Hz at intensity 1 (rate code: p = x * max_rate * dt)
@@ -155,6 +157,8 @@ class FFConfig:
             _check(_is_int(n) and n > 0, "hidden_sizes",
                    f"layer {i} size must be a positive integer, got {n!r}")
         object.__setattr__(self, "hidden_sizes", tuple(hs))
+        if self.layers or self.input_shape:
+            self._check_layers()
         for name in ("n_steps", "label_repeat", "batch_size", "chunk_steps", "eval_batch_size"):
             v = getattr(self, name)
             _check(_is_int(v) and v > 0, name, f"must be a positive integer, got {v!r}")
@@ -198,6 +202,34 @@ class FFConfig:
         _check(p <= 1.0, "max_rate", f"max_rate * neuron.dt is the spike probability per step and must be "
                f"<= 1, got {self.max_rate:g} Hz * {self.neuron.dt:g} s = {p:g}")
 
+    def _check_layers(self):
+        """``layers``/``input_shape``: parse the [[layers]] tables and derive ``hidden_sizes``
+        (neurons per layer) from the geometry, so everything that reads layer sizes keeps working."""
+        from .layers import LayerError, LayerSpec, layer_geometries
+        shape = self.input_shape
+        conv = any((d.get("kind") if isinstance(d, dict) else getattr(d, "kind", None)) == "conv"
+                   for d in (self.layers if isinstance(self.layers, (tuple, list)) else ()))
+        _check((not shape and not conv) or isinstance(shape, (tuple, list)) and len(shape) == 3 and all(_is_int(v) and v > 0 for v in shape),
+               "input_shape", f"must be 3 positive integers [channels, height, width], got {shape!r}")
+        object.__setattr__(self, "input_shape", tuple(shape))
+        _check(isinstance(self.layers, (tuple, list)) and len(self.layers) >= 1, "layers",
+               "must be a non-empty list of [[layers]] tables (input_shape needs it)")
+        try:
+            specs = tuple(LayerSpec.from_dict(d, i) for i, d in enumerate(self.layers))
+            # the label channels only change G, not the sizes: geometry without them
+            sizes = tuple(g.n_neurons for g in layer_geometries(specs, shape or None, math.prod(shape or (1,))))
+        except LayerError as e:
+            raise ConfigError(str(e)) from None
+        hs = self.hidden_sizes
+        _check(hs in (FFConfig.hidden_sizes, sizes), "hidden_sizes",
+               f"{list(hs)} conflicts with [[layers]] (neurons per layer {list(sizes)}); leave it out")
+        object.__setattr__(self, "layers", specs)
+        object.__setattr__(self, "hidden_sizes", sizes)
+
+    @property
+    def has_conv(self) -> bool:
+        return any(s.kind == "conv" for s in self.layers)
+
     # -- (de)serialisation -------------------------------------------------------------------
     def replace(self, **changes) -> "FFConfig":
         return dataclasses.replace(self, **changes)
@@ -205,6 +237,11 @@ class FFConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["hidden_sizes"] = list(self.hidden_sizes)
+        if self.layers:
+            d["layers"] = [s.to_dict() for s in self.layers]
+            d["input_shape"] = list(self.input_shape)
+        else:                      # dense-only configs: the same dict (and config hash) as before
+            del d["layers"], d["input_shape"]
         return d
 
     @classmethod

@@ -109,8 +109,15 @@ class FFNetwork:
         sizes = [n_features + n_classes * c.label_repeat, *c.hidden_sizes]
         self.weights_, self.biases_ = [], []
         xp, device = get_backend(c.backend)
-        for m, n in zip(sizes[:-1], sizes[1:]):
-            W = (rng.standard_normal((n, m)) * c.weight_init / np.sqrt(m)).astype(self.dtype)
+        shapes = list(zip(sizes[1:], sizes[:-1]))
+        if c.layers:            # conv layers: kernels (channels, C*k*k + labels), one bias per channel
+            if c.input_shape and int(np.prod(c.input_shape)) != self.n_features_in_:
+                raise ValueError(f"input_shape {list(c.input_shape)} has {int(np.prod(c.input_shape))} values, "
+                                 f"the data have {self.n_features_in_} features")
+            shapes = [g.weight_shape for g in self.geometries]
+            fan_in = [g.fan_in for g in self.geometries]
+        for l, (n, m) in enumerate(shapes):
+            W = (rng.standard_normal((n, m)) * c.weight_init / np.sqrt(fan_in[l] if c.layers else m)).astype(self.dtype)
             self.weights_.append(to_backend(W, xp, device, self.dtype))
             self.biases_.append(to_backend(np.zeros(n), xp, device, self.dtype))
         self.optimizers_ = [make_optimizer(c.optimizer, [W, b], c.learning_rate)
@@ -161,7 +168,7 @@ class FFNetwork:
         :attr:`store_budget_mb`."""
         from .engines.vectorized import store_bytes
         c = self.config
-        return (c.engine == "vectorized"
+        return (c.engine == "vectorized" and not c.has_conv
                 and store_bytes(self.weights_, rows, c.n_steps) <= self.store_budget_mb * 2**20)
 
     def _update(self, both, modulators, res):
@@ -179,13 +186,60 @@ class FFNetwork:
             self._engine_name, self._engine_run = self.config.engine, make_engine(self.config.engine)
         return self._engine_run
 
+    @property
+    def geometries(self):
+        """Per-layer :class:`spikeff.layers.Geometry` of a ``[[layers]]`` network (None otherwise)."""
+        c = self.config
+        if not c.layers:
+            return None
+        from .layers import layer_geometries
+        return layer_geometries(c.layers, c.input_shape or None,
+                                self.n_features_in_ + self.n_classes_ * c.label_repeat)
+
+    def dense_equivalent(self):
+        """(weights, biases) of the equivalent dense network (numpy; conv layers expanded, pooling
+        folded into the next layer, see :func:`spikeff.layers.dense_expansion`): what the exports
+        and the Brian2 engine simulate. The network's own arrays when it has no conv layer."""
+        from .backend import to_numpy
+        self._check_fitted()
+        W = [to_numpy(w) for w in self.weights_]
+        b = [to_numpy(x) for x in self.biases_]
+        if not self.config.has_conv:
+            return W, b
+        from .layers import dense_expansion, expand_bias
+        geos = self.geometries
+        return dense_expansion(W, geos), [expand_bias(x, g) for x, g in zip(b, geos)]
+
+    def dense_network(self) -> "FFNetwork":
+        """The equivalent network of dense layers (:meth:`dense_equivalent`, numpy arrays), with
+        the same readout, labels and encoding: the same spikes as this one. What the Lava export
+        and the Brian2 engine run for a conv network; ``self`` when there is no conv layer."""
+        if not self.config.has_conv:
+            return self
+        W, b = self.dense_equivalent()
+        d = FFNetwork(self.config.replace(layers=(), input_shape=(), backend="numpy"))
+        d.n_features_in_, d.n_classes_ = self.n_features_in_, self.n_classes_
+        d.weights_, d.biases_ = W, b
+        d.readout_, d.epochs_done_, d.history_ = self.readout_, self.epochs_done_, self.history_
+        d.threads_ = getattr(self, "threads_", None)
+        return d
+
     def _run(self, source, modulators=None, record=False, keep=None):
         c = self.config
-        run_phase = self._engine()
         biases = self.biases_ if c.learn_bias else [None] * len(self.weights_)
         kw = {"normalize": True} if c.normalization == "length" else {}
-        if keep is not None:
-            kw["keep"] = keep
+        if c.has_conv:
+            if c.engine != "vectorized":      # e.g. Brian2: the equivalent dense network
+                if modulators is not None:
+                    raise ValueError(f"engine {c.engine!r} runs conv layers as their dense expansion, "
+                                     "without learning: train with engine = 'vectorized'")
+                return self.dense_network()._run(source, record=record)
+            from .engines.conv import run_phase            # replays (no store) for conv layers
+            kw["geometries"] = self.geometries
+        else:
+            run_phase = self._engine()
+            if keep is not None:
+                kw["keep"] = keep
         return run_phase(self.weights_, biases, self.lif, get_goodness(c.goodness), source,
                          c.chunk_steps, modulators=modulators, record=record, **kw)
 

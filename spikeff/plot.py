@@ -178,6 +178,30 @@ def plot_receptive_fields(W: np.ndarray, image_shape: tuple, n: int = 25, neuron
     return _finish(fig, path)
 
 
+def plot_conv_kernels(W: np.ndarray, geo, channel: int = 0, path=None):
+    """The kernels of a conv layer (weights (channels, C*k*k + ...), ``geo`` its
+    :class:`spikeff.layers.Geometry`) as k x k images, input channel ``channel``, one per output
+    channel, on a symmetric colour scale per kernel (red excitatory, blue inhibitory)."""
+    plt = _mpl()
+    W = np.asarray(W)
+    C, k = geo.in_shape[0], geo.spec.kernel
+    if not 0 <= channel < C:
+        raise ValueError(f"channel must be in [0, {C}), got {channel}")
+    K = W[:, :C * k * k].reshape(-1, C, k, k)[:, channel]
+    cols = int(np.ceil(np.sqrt(len(K))))
+    rows = int(np.ceil(len(K) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.1 * cols, 1.1 * rows + 0.4), squeeze=False)
+    for o, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if o < len(K):
+            m = np.abs(K[o]).max() or 1.0
+            ax.imshow(K[o], cmap="RdBu_r", vmin=-m, vmax=m)
+            ax.set_title(str(o), fontsize=7)
+    fig.suptitle(f"conv kernels ({k}x{k}, input channel {channel})", fontsize=9)
+    fig.tight_layout()
+    return _finish(fig, path)
+
+
 def confusion_matrix(y_true, y_pred, n_classes: int) -> np.ndarray:
     """Counts (n_classes, n_classes): row = true label, column = predicted label."""
     cm = np.zeros((n_classes, n_classes), dtype=np.int64)
@@ -272,7 +296,10 @@ def make_run_figures(run_dir, out_dir=None, n_samples: int = 300, sample: int = 
     shape = tuple(data.image_shape) if data.image_shape else (net.n_features_in_,)
     if len(shape) == 3:                  # event sensors (P, H, W): polarities stacked vertically
         shape = (shape[0] * shape[1], shape[2])
-    save(plot_receptive_fields(net.weights_[0], shape), "receptive_fields.png")
+    if c.has_conv:
+        save(plot_conv_kernels(net.weights_[0], net.geometries[0]), "receptive_fields.png")
+    else:
+        save(plot_receptive_fields(net.weights_[0], shape), "receptive_fields.png")
     pred = np.argmax(gpl[:, :, net._layer_mask()].sum(axis=2), axis=1)
     save(plot_confusion_matrix(y, pred, net.n_classes_, title="goodness"), "confusion_goodness.png")
     if net.readout_ is not None:

@@ -100,6 +100,12 @@ def _check_mode(mode):
         raise ValueError(f"mode: {mode!r} is not valid; choose one of ['floating_pt', 'fixed_pt']")
 
 
+def _dense(net):
+    """A conv network as its equivalent dense network (same spikes; see
+    :meth:`spikeff.network.FFNetwork.dense_network`): Lava runs it as Dense + LIF processes."""
+    return net.dense_network() if getattr(net, "config", None) is not None and net.config.layers else net
+
+
 def _biases(net):
     return [np.asarray(b, dtype=np.float64) if net.config.learn_bias else np.zeros(W.shape[0])
             for W, b in zip(net.weights_, net.biases_)]
@@ -233,6 +239,7 @@ def quantize_network(net, X_calib=None, headroom: float = 2.0, weight_clip_perce
     """Quantize every layer to Loihi 2 bit widths. ``X_calib``: a few inputs whose float run sets
     the range of u and v (if None, a worst-case bound: every input spiking at every step).
     Returns the per-layer parameters and a JSON-able report (scales, bit widths, clipping)."""
+    net = _dense(net)
     check_exportable(net)
     if not (headroom >= 1.0):
         raise ValueError(f"headroom must be >= 1, got {headroom}")
@@ -358,6 +365,7 @@ def build_lava_network(net, input_spikes, mode: str = "floating_pt", quant: Quan
     """Lava processes for ``net`` playing ``input_spikes`` (T, B, M): the B samples run as parallel
     copies of the network. ``mode="fixed_pt"`` needs ``quant`` (from :func:`quantize_network`).
     ``connection``: "dense", "sparse" (block-diagonal, for many copies) or "auto"."""
+    net = _dense(net)
     lv = require_lava()
     _check_mode(mode)
     check_exportable(net)
@@ -412,6 +420,7 @@ def build_lava_network(net, input_spikes, mode: str = "floating_pt", quant: Quan
 def run_lava_network(lnet: LavaNetwork, net) -> dict:
     """Run the Lava network for its T steps; return per-layer (T, B, N) "spikes", pre-reset "v"
     (mV) and "u" (mV), plus "v_int"/"u_int" (Lava's integers) in fixed point."""
+    net = _dense(net)
     lv = require_lava()
     T, B = lnet.n_steps, lnet.copies
     run_cfg = lv["Loihi2SimCfg"](select_tag=lnet.mode)
@@ -458,6 +467,7 @@ def run_lava_network(lnet: LavaNetwork, net) -> dict:
 
 def run_on_lava(net, input_spikes, mode: str = "floating_pt", quant=None, connection: str = "auto") -> dict:
     """Build and run ``net`` on Lava for input spikes (T, B, M); see :func:`run_lava_network`."""
+    net = _dense(net)
     return run_lava_network(build_lava_network(net, input_spikes, mode, quant, connection), net)
 
 
@@ -465,6 +475,7 @@ def simulate(net, input_spikes, mode: str = "fixed_pt", quant=None, backend: str
     """Per-layer spikes and pre-reset v (mV) of the exported network. ``backend``: "lava" (Lava's
     own simulation) or "numpy" (spikeff's engine in float64 for floating_pt, the bit-exact model of
     Lava's fixed-point processes for fixed_pt)."""
+    net = _dense(net)
     _check_mode(mode)
     check_exportable(net)
     if backend == "lava":
@@ -509,6 +520,7 @@ def goodness_per_label(net, X, mode="fixed_pt", quant=None, backend="numpy", see
     """Like :meth:`FFNetwork.goodness_per_label` (the same input spikes, from
     :meth:`FFNetwork.label_sources`) but simulated by the exported network.
     Shape (n_samples, n_classes, n_layers)."""
+    net = _dense(net)
     C, out = net.n_classes_, []
     for n, src in net.label_sources(X, seed):
         spikes = src.all_steps()
@@ -524,6 +536,7 @@ def goodness_per_label(net, X, mode="fixed_pt", quant=None, backend="numpy", see
 
 def readout_features_exported(net, X, mode="fixed_pt", quant=None, backend="numpy", seed: int = 0):
     """Like :meth:`FFNetwork.readout_features` on the exported network (same input spikes)."""
+    net = _dense(net)
     return np.concatenate([readout_features(_neuron_goodness(net, simulate(net, src.all_steps(), mode, quant,
                                                                            backend)["v"]))
                            for _, src in net.neutral_sources(X, seed)])
@@ -531,6 +544,7 @@ def readout_features_exported(net, X, mode="fixed_pt", quant=None, backend="nump
 
 def predict(net, X, method="goodness", mode="fixed_pt", quant=None, backend="numpy"):
     """Class decisions of the exported network ("goodness" over all labels, or "readout")."""
+    net = _dense(net)
     if method == "goodness":
         G = goodness_per_label(net, X, mode, quant, backend)
         return np.argmax(G[:, :, net._layer_mask()].sum(axis=2), axis=1)
@@ -548,6 +562,7 @@ def export_lava(net, path, X_calib=None, **quant_kw) -> dict:
     """Write everything needed to build the network on Lava/Loihi 2 to ``path`` (.npz): float
     parameters (du, dv, vth, weights, biases) and the fixed-point ones, plus the quantization
     report (JSON inside, also returned)."""
+    net = _dense(net)
     import json
     from ..io import atomic_write_bytes
     import io

@@ -59,6 +59,9 @@ def to_nir(net, dt: float | None = None):
     (default: the network's own ``config.neuron.dt``)."""
     nir = require_nir()
     check_exportable(net)
+    if net.config.has_conv:  # Conv2d / SumPool2d / Flatten nodes
+        from .nir_conv import to_nir_conv
+        return to_nir_conv(net, dt)
     c = net.config
     dt = float(c.neuron.dt if dt is None else dt)
     if not (dt > 0 and math.isfinite(dt)):

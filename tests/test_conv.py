@@ -1,0 +1,302 @@
+"""Convolutional layers: geometry, the conv engine against the dense engine on the equivalent dense
+expansion, the local rule against finite differences, config and network."""
+import json
+
+import numpy as np
+import pytest
+
+from spikeff import FFConfig, FFNetwork, NeuronConfig
+from spikeff.config import ConfigError, load_config
+from spikeff.encoding import SpikeSource
+from spikeff.engines.conv import conv_currents, run_phase as conv_run_phase
+from spikeff.engines.vectorized import run_phase as dense_run_phase
+from spikeff.goodness import get_goodness
+from spikeff.layers import (LayerError, LayerSpec, conv_matrix, dense_expansion, expand_bias, im2col,
+                            layer_geometries)
+from spikeff.neuron import DiscreteLIF
+
+SPECS = [LayerSpec("conv", channels=3, kernel=3, padding=1, pool=2),
+         LayerSpec("conv", channels=4, kernel=3, stride=2, padding=1),
+         LayerSpec("dense", size=5)]
+
+
+def small_net(rng, scale=0.8, specs=SPECS, shape=(2, 8, 8), n_global=3):
+    geos = layer_geometries(specs, shape, int(np.prod(shape)) + n_global)
+    W = [rng.normal(0, scale, g.weight_shape) for g in geos]
+    b = [rng.normal(0, 0.05, g.weight_shape[0]) for g in geos]
+    return geos, W, b
+
+
+def test_geometry_and_conv_matrix_match_a_direct_convolution():
+    rng = np.random.default_rng(0)
+    geo = layer_geometries([LayerSpec("conv", channels=2, kernel=3, stride=2, padding=1)], (2, 7, 7), 98 + 1)[0]
+    assert geo.out_shape == (2, 4, 4) and geo.weight_shape == (2, 2 * 9 + 16 * 1) and geo.fan_in == 19
+    W = rng.normal(size=geo.weight_shape)
+    x = rng.normal(size=99)
+    img = np.pad(x[:98].reshape(2, 7, 7), ((0, 0), (1, 1), (1, 1)))
+    K = W[:, :18].reshape(2, 2, 3, 3)
+    label_map = W[:, 18:].reshape(2, 4, 4)            # one weight per (channel, position) for the label
+    conv = np.array([[[np.sum(K[o] * img[:, 2 * i:2 * i + 3, 2 * j:2 * j + 3]) for j in range(4)]
+                      for i in range(4)] for o in range(2)])
+    direct = conv + label_map * x[98]
+    np.testing.assert_allclose(conv_matrix(W, geo) @ x, direct.ravel(), rtol=1e-12)
+    np.testing.assert_allclose(conv_currents(x[None], W, geo)[0], direct.ravel(), rtol=1e-12)
+    np.testing.assert_allclose((im2col(x[None], geo) @ W[:, :18].T).T.ravel(), conv.ravel(), rtol=1e-12)
+
+
+def test_conv_engine_equals_dense_engine_on_the_expansion():
+    rng = np.random.default_rng(1)
+    geos, W, b = small_net(rng)
+    lif = DiscreteLIF.from_config(NeuronConfig())
+    src = SpikeSource(rng.random((4, geos[0].n_in)), "rate", 17, 1e-3, 500.0, seed=1, dtype=np.float64)
+    g = get_goodness("energy_relu")
+    a = conv_run_phase(W, b, lif, g, src, 5, record=True, geometries=geos)
+    d = dense_run_phase(dense_expansion(W, geos), [expand_bias(x, gg) for x, gg in zip(b, geos)],
+                        lif, g, src, 5, record=True)
+    for l in range(3):
+        np.testing.assert_array_equal(a.record["spikes"][l], d.record["spikes"][l])
+        np.testing.assert_allclose(a.record["v"][l], d.record["v"][l], atol=1e-10)
+        np.testing.assert_allclose(a.goodness[l], d.goodness[l], rtol=1e-10)
+        assert a.spike_counts[l].sum() > 20          # compared while spiking, not in silence
+
+
+def test_chunk_and_block_size_do_not_change_the_conv_gradient(monkeypatch):
+    rng = np.random.default_rng(2)
+    geos, W, b = small_net(rng)
+    lif = DiscreteLIF.from_config(NeuronConfig())
+    src = SpikeSource(rng.random((3, geos[0].n_in)), "rate", 13, 1e-3, 500.0, seed=2, dtype=np.float64)
+    mods = [rng.normal(size=3) for _ in geos]
+    g = get_goodness("energy_relu")
+    a = conv_run_phase(W, b, lif, g, src, 13, modulators=mods, geometries=geos)
+    import spikeff.engines.conv as conv
+    monkeypatch.setattr(conv, "MAX_ELEMENTS", 100)    # many im2col blocks
+    monkeypatch.setattr(conv.conv_currents, "__defaults__", (np, 100))
+    monkeypatch.setattr(conv.conv_kernel_grad, "__defaults__", (np, 100))
+    c = conv_run_phase(W, b, lif, g, src, 4, modulators=mods, geometries=geos)
+    for l in range(3):
+        np.testing.assert_allclose(a.goodness[l], c.goodness[l], rtol=1e-12)
+        np.testing.assert_allclose(a.grads[l][0], c.grads[l][0], rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(a.grads[l][1], c.grads[l][1], rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("goodness_name", ["energy_relu", "energy"])
+def test_conv_local_rule_is_exact_gradient_subthreshold(goodness_name):
+    """Threshold out of reach: the shared-kernel rule (im2col of the traces) equals dG/dW, for the
+    kernels, the label (global) weights and the per-channel bias, checked by finite differences."""
+    rng = np.random.default_rng(3)
+    specs = [LayerSpec("conv", channels=2, kernel=3, stride=1, padding=1, pool=2)]
+    geos, W, b = small_net(rng, 0.5, specs, shape=(1, 6, 6), n_global=2)
+    W[0] += 0.1
+    lif = DiscreteLIF.from_config(NeuronConfig(v_threshold=1e9))
+    g = get_goodness(goodness_name)
+    src = SpikeSource(rng.random((3, geos[0].n_in)), "rate", 9, 1e-3, 500.0, seed=3, dtype=np.float64)
+    m = rng.normal(size=3)
+
+    def objective(Wx, bx):
+        return float(m @ conv_run_phase([Wx], [bx], lif, g, src, 4, geometries=geos).goodness[0])
+
+    dW, db = conv_run_phase(W, b, lif, g, src, 4, modulators=[m], geometries=geos).grads[0]
+    assert np.abs(dW).max() > 1e-6
+    eps = 1e-6
+    num = np.zeros_like(W[0])
+    for idx in np.ndindex(*W[0].shape):
+        Wp, Wm = W[0].copy(), W[0].copy()
+        Wp[idx] += eps
+        Wm[idx] -= eps
+        num[idx] = (objective(Wp, b[0]) - objective(Wm, b[0])) / (2 * eps)
+    np.testing.assert_allclose(dW, num, rtol=1e-5, atol=1e-9)
+    numb = np.array([(objective(W[0], b[0] + eps * e) - objective(W[0], b[0] - eps * e)) / (2 * eps)
+                     for e in np.eye(len(b[0]))])
+    np.testing.assert_allclose(db, numb, rtol=1e-5, atol=1e-9)
+
+
+def test_local_rule_of_a_layer_above_a_pooled_conv_layer():
+    """The layer above a sum-pooled conv layer learns from traces of the pooled spikes: exact."""
+    rng = np.random.default_rng(4)
+    specs = [LayerSpec("conv", channels=2, kernel=3, padding=1, pool=2),
+             LayerSpec("conv", channels=2, kernel=2, stride=1)]
+    geos, W, b = small_net(rng, 1.0, specs, shape=(1, 6, 6), n_global=0)
+    W[1] *= 0.01                                   # layer 2 subthreshold, layer 1 spiking
+    lif = DiscreteLIF.from_config(NeuronConfig())
+    g = get_goodness("energy_relu")
+    src = SpikeSource(rng.random((2, 36)), "rate", 10, 1e-3, 800.0, seed=5, dtype=np.float64)
+    m = [None, rng.normal(size=2)]
+    res = conv_run_phase(W, [None, None], lif, g, src, 3, modulators=m, geometries=geos)
+    assert res.spike_counts[0].sum() > 10 and res.spike_counts[1].sum() == 0
+
+    def f(W2):
+        return float(m[1] @ conv_run_phase([W[0], W2], [None, None], lif, g, src, 3, geometries=geos).goodness[1])
+    num = np.zeros_like(W[1])
+    for idx in np.ndindex(*W[1].shape):
+        Wp, Wm = W[1].copy(), W[1].copy()
+        Wp[idx] += 1e-6
+        Wm[idx] -= 1e-6
+        num[idx] = (f(Wp) - f(Wm)) / 2e-6
+    np.testing.assert_allclose(res.grads[1][0], num, rtol=1e-5, atol=1e-10)
+
+
+def test_bad_layers_give_clear_errors():
+    with pytest.raises(LayerError, match="kind"):
+        LayerSpec("pool")
+    with pytest.raises(LayerError, match="channels"):
+        LayerSpec("conv", kernel=3)
+    with pytest.raises(LayerError, match="pool 3 does not divide"):
+        layer_geometries([LayerSpec("conv", channels=2, kernel=3, pool=3)], (1, 6, 6), 36)
+    with pytest.raises(LayerError, match="input_shape"):
+        layer_geometries([LayerSpec("dense", size=4), LayerSpec("conv", channels=2, kernel=3)], (1, 6, 6), 36)
+
+
+# -- config and network -------------------------------------------------------------------------------
+CONV_LAYERS = [{"kind": "conv", "channels": 4, "kernel": 3, "padding": 1, "pool": 2},
+               {"kind": "dense", "size": 30}]
+
+
+def conv_config(**kw):
+    base = dict(layers=CONV_LAYERS, input_shape=(1, 8, 8), n_steps=12, epochs=3, batch_size=32,
+                dtype="float64", seed=3, eval_batch_size=60, chunk_steps=5)
+    base.update(kw)
+    return FFConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def conv_net(digits):
+    return FFNetwork(conv_config()).fit(digits.X_train[:300], digits.y_train[:300], n_classes=10)
+
+
+def test_config_layers_toml_and_dense_configs_unchanged(tmp_path):
+    c = conv_config()
+    assert c.hidden_sizes == (4 * 8 * 8, 30) and c.has_conv
+    assert FFConfig.from_dict(c.to_dict()) == c
+    path = tmp_path / "conv.toml"
+    path.write_text('[network]\ninput_shape = [1, 8, 8]\n\n[[layers]]\nkind = "conv"\nchannels = 4\n'
+                    'kernel = 3\npadding = 1\npool = 2\n\n[[layers]]\nkind = "dense"\nsize = 30\n')
+    assert load_config(path).layers == c.layers
+    d = FFConfig(hidden_sizes=(20, 10)).to_dict()          # dense-only: no new keys, same config hash
+    assert "layers" not in d and "input_shape" not in d and not FFConfig().has_conv
+    with pytest.raises(ConfigError, match="input_shape"):
+        FFConfig(layers=CONV_LAYERS)
+    with pytest.raises(ConfigError, match="conflicts"):
+        conv_config(hidden_sizes=(7, 7))
+    with pytest.raises(ConfigError, match="unknown keys"):
+        conv_config(layers=[{"kind": "conv", "channels": 2, "kernel": 3, "filters": 2}])
+    with pytest.raises(ConfigError, match="does not divide"):
+        conv_config(layers=[{"kind": "conv", "channels": 2, "kernel": 2, "pool": 2}])
+
+
+def test_conv_network_trains_saves_and_equals_its_dense_network(conv_net, digits, tmp_path):
+    from spikeff import FFNetwork as F
+    net = conv_net
+    assert net.weights_[0].shape == (4, 9 + 64 * 10) and net.biases_[0].shape == (4,)
+    X, y = digits.X_test[:40], digits.y_test[:40]
+    assert net.score(digits.X_test[:200], digits.y_test[:200], method="readout") > 0.3   # chance: 0.1 (0.45 seen)
+    net.save(tmp_path / "m.npz")
+    back = F.load(tmp_path / "m.npz")
+    np.testing.assert_array_equal(back.goodness(X[:5], y[:5]), net.goodness(X[:5], y[:5]))
+    a = net.simulate(X[:4], y[:4], seed=5)
+    d = net.dense_network().simulate(X[:4], y[:4], seed=5)
+    for l in range(2):
+        assert a.record["spikes"][l].sum() > 20
+        np.testing.assert_array_equal(a.record["spikes"][l], d.record["spikes"][l])
+        np.testing.assert_allclose(a.record["v"][l], d.record["v"][l], atol=1e-10)
+
+
+def test_brian2_engine_on_a_conv_net(conv_net, digits):
+    pytest.importorskip("brian2", reason="brian2 is not installed")
+    X, y = digits.X_test[:3], digits.y_test[:3]
+    ref = conv_net.simulate(X, y, seed=2)
+    b2 = FFNetwork(conv_net.config.replace(engine="brian2"))
+    for k in ("n_features_in_", "n_classes_", "weights_", "biases_", "readout_", "epochs_done_"):
+        setattr(b2, k, getattr(conv_net, k))
+    got = b2.simulate(X, y, seed=2)
+    for l in range(2):
+        assert ref.record["spikes"][l].sum() > 20
+        np.testing.assert_array_equal(got.record["spikes"][l], ref.record["spikes"][l])
+        np.testing.assert_allclose(got.record["v"][l], ref.record["v"][l], rtol=0, atol=1e-9)
+        np.testing.assert_allclose(got.goodness[l], ref.goodness[l], rtol=0, atol=1e-9)
+    with pytest.raises(ValueError, match="without learning"):
+        b2.train_batch(X, y, seed=[0])
+
+
+@pytest.mark.lava
+def test_lava_float_spikes_identical_on_a_conv_net(conv_net, digits):
+    from spikeff.export import lava as lx
+    if not lx.lava_available():
+        pytest.skip("lava-nc is not installed (pip install spikeff[lava])")
+    X, y = digits.X_test[:2], digits.y_test[:2]
+    ref = conv_net.simulate(np.r_[X, X], np.r_[y, (y + 1) % 10], seed=11)
+    got = lx.simulate(conv_net, ref.record["input"], mode="floating_pt", backend="lava")
+    for l in range(2):
+        assert ref.record["spikes"][l].sum() > 20, "test needs a spiking layer"
+        np.testing.assert_array_equal(got["spikes"][l], ref.record["spikes"][l])
+        np.testing.assert_allclose(got["v"][l], ref.record["v"][l], rtol=0, atol=1e-10)
+
+
+def test_nir_export_of_a_conv_net(conv_net, tmp_path):
+    nir = pytest.importorskip("nir", reason="nir is not installed (pip install spikeff[nir])")
+    from scipy.signal import correlate
+    from spikeff.export.nir import export_nir
+    from spikeff.layers import pool_spikes
+    path = tmp_path / "conv.nir"
+    export_nir(conv_net, path)
+    g = nir.read(str(path), type_check=False)       # the label path: flat (N,) into (C, H, W)
+    kinds = {k: type(v).__name__ for k, v in g.nodes.items()}
+    assert kinds == {"input": "Input", "conv0": "Conv2d", "lif0": "CubaLIF", "label": "Input", "label_fc0": "Linear",
+                     "pool0": "SumPool2d", "flatten1": "Flatten", "fc1": "Linear", "lif1": "CubaLIF", "output": "Output"}
+    assert set(map(tuple, g.edges)) == {("input", "conv0"), ("conv0", "lif0"), ("label", "label_fc0"),
+                                        ("label_fc0", "lif0"), ("lif0", "pool0"), ("pool0", "flatten1"),
+                                        ("flatten1", "fc1"), ("fc1", "lif1"), ("lif1", "output")}
+    geo0, geo1 = conv_net.geometries
+    # the graph's nodes compute what spikeff computes: conv + label map, sum pooling, flatten, linear
+    rng = np.random.default_rng(0)
+    x = (rng.random(geo0.n_in) < 0.3).astype(float)
+    conv, lab = g.nodes["conv0"], g.nodes["label_fc0"]
+    img = np.pad(x[:64].reshape(1, 8, 8), ((0, 0), (1, 1), (1, 1)))
+    assert tuple(conv.padding) == (1, 1) and tuple(conv.stride) == (1, 1)
+    cur = np.stack([correlate(img, conv.weight[o], mode="valid")[0] for o in range(4)]).ravel()
+    cur += lab.weight @ x[64:]
+    np.testing.assert_allclose(cur, conv_currents(x[None], conv_net.weights_[0], geo0)[0], atol=1e-12)
+    s = (rng.random(geo0.n_neurons) < 0.5).astype(float)
+    q = g.nodes["pool0"].kernel_size
+    pooled = s.reshape(4, 4, q[0], 4, q[1]).sum(axis=(2, 4))
+    np.testing.assert_array_equal(pooled.ravel(), pool_spikes(s[None], geo0)[0])
+    assert tuple(g.nodes["flatten1"].output_type["output"]) == (64,) and g.nodes["flatten1"].start_dim == 0
+    np.testing.assert_array_equal(g.nodes["fc1"].weight, conv_net.weights_[1])
+    assert g.nodes["lif0"].tau_mem.shape == (4, 8, 8)
+    assert json.loads(g.metadata["layers"])[0]["kind"] == "conv"
+
+
+def test_conv_plots(conv_net, digits, tmp_path):
+    from spikeff.plot import plot_conv_kernels, plot_raster_phases
+    fig = plot_conv_kernels(conv_net.weights_[0], conv_net.geometries[0], path=tmp_path / "k.png")
+    assert (tmp_path / "k.png").stat().st_size > 1000 and len(fig.axes) == 4
+    with pytest.raises(ValueError, match="channel"):
+        plot_conv_kernels(conv_net.weights_[0], conv_net.geometries[0], channel=1)
+    rec = conv_net.simulate(digits.X_test[:1], labels=digits.y_test[:1], seed=1)
+    s = rec.record["spikes"][0][:, 0]                     # conv layer: (T, channels * H * W)
+    assert s.shape == (12, 256)
+    plot_raster_phases(s, s, path=tmp_path / "r.png")
+    assert (tmp_path / "r.png").stat().st_size > 1000
+
+
+def test_conv_engine_on_the_array_api_path_matches_numpy():
+    """The GPU path (any array-API namespace; here array_api_strict on CPU): same spikes,
+    potentials and gradients as numpy, refractory period included."""
+    xps = pytest.importorskip("array_api_strict", reason="array-api-strict is not installed")
+    pytest.importorskip("array_api_compat", reason="array-api-compat is not installed")
+    from spikeff.backend import namespace, to_backend, to_numpy
+    rng = np.random.default_rng(6)
+    geos, W, b = small_net(rng)
+    lif = DiscreteLIF.from_config(NeuronConfig(refractory=2e-3))
+    src = SpikeSource(rng.random((3, geos[0].n_in)), "rate", 11, 1e-3, 500.0, seed=4, dtype=np.float64)
+    mods = [rng.normal(size=3) for _ in geos]
+    g = get_goodness("energy_relu")
+    ref = conv_run_phase(W, b, lif, g, src, 4, modulators=mods, record=True, geometries=geos)
+    Wx, bx = [to_backend(w, xps) for w in W], [to_backend(v, xps) for v in b]
+    res = conv_run_phase(Wx, bx, lif, g, src, 4, modulators=mods, record=True, geometries=geos)
+    for l in range(3):
+        assert ref.spike_counts[l].sum() > 10
+        np.testing.assert_array_equal(res.record["spikes"][l], ref.record["spikes"][l])
+        np.testing.assert_allclose(res.record["v"][l], ref.record["v"][l], atol=1e-12)
+        assert namespace(res.grads[l][0]) is not np
+        np.testing.assert_allclose(to_numpy(res.grads[l][0]), ref.grads[l][0], rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(to_numpy(res.grads[l][1]), ref.grads[l][1], rtol=1e-10, atol=1e-14)
