@@ -72,7 +72,8 @@ def main(argv=None):
            "command": "python experiments/engines_agree.py " + " ".join(argv),
            "dataset": (f"digits (sklearn): {len(data.X_train)} train, {len(X_val)} validation, "
                        f"{len(data.X_test)} test"),
-           "recipe": "models/digits.toml as shipped, dtype float64, 1 epoch",
+           "recipe": ("models/digits.toml, dtype float64, 1 epoch"
+                      + (f", hidden_sizes {list(cfg.hidden_sizes)} (not the recipe's)" if args.hidden else ", as shipped")),
            "brian2_target": args.target, "brian2_version": brian2.__version__,
            "runs": runs, "accuracy_difference": diff,
            "max_abs_weight_difference_after_epoch": w_diff,
