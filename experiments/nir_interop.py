@@ -99,6 +99,38 @@ NIR_TO_LAVA = ("NIR's Lava reader (docs/source/examples/lava/nir_to_lava.py in n
                "The equivalent measured here: spikeff import of the NIR graph, then spikeff's Lava export.")
 
 
+OPTIONS = {"norse": "default graph (euler, dt 1e-4); from_nir(dt=1e-4)",
+           "snntorch": "default graph (euler, dt 1e-4)",
+           "norse_dt1e-3": "--dt 1e-3 (euler); from_nir(dt=1e-3)",
+           "norse_float32": "default graph, as shipped (float32)",
+           "snntorch_float32": "default graph, as shipped (float32)",
+           "norse_exact_flavour": "--nir-flavour exact (spikeff's old export); from_nir(dt=1e-3)"}
+
+
+def table(res) -> str:
+    """The README's interop table from the results."""
+    v = res["versions"]
+    ver = {"norse": f"Norse {v.get('norse')}", "snntorch": f"snnTorch {v.get('snntorch')}"}
+    acc0 = res["spikeff"]["accuracy_goodness"]
+    lines = ["| simulator | option | precision | spikes equal, per layer | firing rate, per layer (spikeff "
+             f"{' / '.join('%.4f' % r for r in res['spikeff']['firing_rate'])}) | accuracy by goodness "
+             f"(spikeff {acc0:.3f}) |", "|---|---|---|---|---|---|"]
+    for name, row in res["importers"].items():
+        sim = ver["snntorch" if name.startswith("snntorch") else "norse"]
+        if "error" in row:
+            lines.append(f"| {sim} | --nir-flavour exact | - | refused: `{row['error']}` | - | - |")
+            continue
+        lines.append(f"| {sim} | {OPTIONS.get(name, name)} | {'float64' if row['float64'] else 'float32'} | "
+                     f"{' / '.join('%.3f %%' % (100 * a) for a in row['spike_agreement'])} | "
+                     f"{' / '.join('%.4f' % r for r in row['firing_rate'])} | {row['accuracy_goodness']:.3f} |")
+    lava = res.get("lava_through_nir", {})
+    if lava.get("status") == "ran":
+        lines.append(f"| lava-nc 0.10 (floating_pt), via `spikeff import` of the default graph | - | float64 | "
+                     f"{' / '.join('%.3f %%' % (100 * a) for a in lava['spike_agreement'])} of spikeff's own Lava "
+                     f"export's spikes ({lava['n_samples']} samples) | - | - |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=sorted(SIZES), default="small",
@@ -176,6 +208,8 @@ def main(argv=None):
     res["lava_through_nir"] = {**lava_through_nir(net, euler, X[:size["n_lava"]], y[:size["n_lava"]]),
                                "nir_to_lava_example": NIR_TO_LAVA, "seconds": time.perf_counter() - t1}
     print(f"Lava through NIR: {res['lava_through_nir'].get('spike_agreement', res['lava_through_nir']['status'])}")
+    res["table"] = table(res)
+    print(res["table"])
     write_json(args.out, res)
     print(f"nir_interop: wrote {args.out}")
     return 0

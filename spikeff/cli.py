@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.set_defaults(func=cmd_export)
 
     im = sub.add_parser("import", help="read a NIR graph into a spikeff model",
-                        description="Read a NIR graph (written by spikeff, or a Linear/Affine -> CubaLIF chain "
+                        description="Read a NIR graph (written by spikeff, or a Linear/Affine -> CubaLIF or LIF chain "
                                     "written by snnTorch's export_to_nir or Norse's to_nir) into a spikeff "
                                     "model.npz for eval and FF training. Node types spikeff cannot represent are "
                                     "refused with an error naming the node.")

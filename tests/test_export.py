@@ -336,6 +336,31 @@ def _cuba(n, tau_syn=5e-4, tau_mem=1e-3, dt=1e-4, **kw):
     return nir.CubaLIF(**p)
 
 
+def _lif(n, tau=1e-3, dt=1e-4):
+    import nir
+    return nir.LIF(tau=np.full(n, tau), r=np.full(n, tau / dt), v_leak=np.zeros(n), v_threshold=np.ones(n),
+                   v_reset=np.zeros(n))
+
+
+@needs_nir
+def test_nir_import_of_lif_chains_has_no_synaptic_current():
+    """Linear -> LIF (snnTorch's Leaky, Norse's LIFBoxCell): tau_syn = 0, a_syn = 0, u = W x[t-1]."""
+    import nir
+    from spikeff.export import nir as nx
+    W = np.arange(18.0).reshape(3, 6) / 10
+    net = nx.import_nir(_chain_graph({"fc": nir.Linear(weight=W), "cell": _lif(3)}), n_steps=5)
+    assert net.config.neuron.tau_syn == 0 and net.lif.a_syn == 0 and net.lif.a_mem == pytest.approx(0.9)
+    np.testing.assert_allclose(net.weights_[0], W, rtol=1e-12)       # Euler LIF: dt/tau * r = 1
+    x = np.zeros((5, 1, 6))
+    x[0, 0, 0] = 1
+    v = net.simulate_spikes(x).record["v"][0][:, 0, 1]                # W[1, 0] = 0.6 mV at t = 1, then * 0.9
+    np.testing.assert_allclose(v, [0, 0.6, 0.54, 0.486, 0.4374], rtol=1e-12)
+    g = nx.to_nir(net)                                                 # and out again: tau_syn = dt, w_in = 1
+    np.testing.assert_allclose(g.nodes["lif0"].tau_syn, 1e-4) and np.testing.assert_allclose(g.nodes["lif0"].w_in, 1)
+    with pytest.raises(nx.NIRError, match="euler"):
+        nx.to_nir(net, flavour="exact")
+
+
 @needs_nir
 def test_nir_import_refuses_what_spikeff_cannot_represent(tmp_path):
     import nir
@@ -348,8 +373,8 @@ def test_nir_import_refuses_what_spikeff_cannot_represent(tmp_path):
         ({"fc": nir.Linear(weight=W), "scale": nir.Scale(scale=np.ones(3)), "cell": _cuba(3)},
          "node 'scale' is a NIR Scale"),
         ({"fc": nir.Affine(weight=W, bias=np.full(3, 0.1)), "cell": _cuba(3)}, "node 'fc' \(Affine\) has a non-zero bias"),
-        ({"fc": nir.Linear(weight=W), "cell": nir.LIF(tau=np.full(3, 1e-3), r=np.full(3, 10.0), v_leak=np.zeros(3),
-                                                       v_threshold=np.ones(3))}, "node 'cell' is a NIR LIF"),
+        ({"fc": nir.Linear(weight=W), "cell": _lif(3), "fc1": nir.Linear(weight=np.ones((3, 3))), "cell1": _cuba(3)},
+         "tau_syn \\(0 for a LIF\\) differs"),
         ({"fc": nir.Linear(weight=W), "cell": _cuba(3, tau_mem=np.array([1e-3, 1e-3, 2e-3]))}, "tau_mem differs"),
         ({"fc": nir.Linear(weight=W)}, "ends without a neuron node"),
     ]
@@ -364,3 +389,27 @@ def test_nir_import_refuses_what_spikeff_cannot_represent(tmp_path):
     bad = _chain_graph({"fc": nir.Affine(weight=W, bias=np.full(3, 0.1)), "cell": _cuba(3)})
     nir.write(str(tmp_path / "bad.nir"), bad)
     assert main(["import", str(tmp_path / "bad.nir"), "--out", str(tmp_path / "m.npz")]) == 2
+
+
+@needs_nir
+def test_nir_import_of_a_peer_graph_for_inference_and_ff_fine_tuning(digits):
+    """A Linear -> CubaLIF chain in NIR's (snnTorch's) Euler convention, with label channels: spikeff
+    reads it, runs it and trains it further with FF."""
+    import nir
+    from spikeff.export import nir as nx
+    rng = np.random.default_rng(0)
+    n_in, sizes = 64 + 10 * 2, (30, 20)
+    nodes, prev = {}, n_in
+    for l, n in enumerate(sizes):
+        nodes[f"lin{l}"] = nir.Linear(weight=rng.standard_normal((n, prev)) / np.sqrt(prev))
+        nodes[f"syn{l}"] = _cuba(n)
+        prev = n
+    g = _chain_graph(nodes, n_in=n_in)
+    net = nx.import_nir(g, n_classes=10, label_repeat=2, n_steps=12, epochs=1, batch_size=32)
+    assert net.n_features_in_ == 64 and net.config.neuron.dt == 1e-4
+    assert net.lif.a_syn == pytest.approx(1 - 1e-4 / 5e-4) and net.lif.a_mem == pytest.approx(1 - 1e-4 / 1e-3)
+    np.testing.assert_allclose(net.weights_[0], nodes["lin0"].weight, rtol=1e-12)   # r dt/tau_mem = w_in dt/tau_syn = 1
+    before = [W.copy() for W in net.weights_]
+    net.continue_fit(digits.X_train[:96], digits.y_train[:96], epochs=1)
+    assert net.epochs_done_ == 1 and all(np.any(W != W0) for W, W0 in zip(net.weights_, before))
+    assert 0 <= net.score(digits.X_test[:20], digits.y_test[:20]) <= 1

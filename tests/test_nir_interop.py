@@ -85,7 +85,8 @@ def _snn_stepped(modules, x, dtype):
 
 
 @needs_interop
-def test_graph_from_snntorch_export_gives_the_same_spikes_in_spikeff():
+@pytest.mark.parametrize("kind", ["Synaptic", "Leaky"])
+def test_graph_from_snntorch_export_gives_the_same_spikes_in_spikeff(kind):
     import snntorch as snn
     import torch
     from snntorch.export_nir import export_to_nir
@@ -94,8 +95,11 @@ def test_graph_from_snntorch_export_gives_the_same_spikes_in_spikeff():
     M, N1, N2, T, B = 30, 20, 10, 25, 8
 
     def synaptic(n):   # reset_delay=False: the convention snnTorch's own importer builds from a graph
-        return snn.Synaptic(alpha=torch.full((n,), 0.8), beta=torch.full((n,), 0.9), threshold=torch.ones(n),
-                            init_hidden=True, reset_mechanism="zero", reset_delay=False)
+        kw = dict(beta=torch.full((n,), 0.9), threshold=torch.ones(n), init_hidden=True, reset_mechanism="zero",
+                  reset_delay=False)
+        if kind == "Leaky":
+            return snn.Leaky(**kw)
+        return snn.Synaptic(alpha=torch.full((n,), 0.8), **kw)
 
     net = torch.nn.Sequential(torch.nn.Linear(M, N1, bias=False), synaptic(N1),
                               torch.nn.Linear(N1, N2, bias=False), synaptic(N2))
@@ -106,7 +110,8 @@ def test_graph_from_snntorch_export_gives_the_same_spikes_in_spikeff():
     x = (np.random.default_rng(0).random((T, B, M)) < 0.3).astype(np.float32)
     theirs = io.align({"spikes": _snn_stepped(net, x, torch.float32)}, T)["spikes"]
     ours = nx.import_nir(graph, n_steps=T)           # convention euler, dt = 1e-4: snnTorch's
-    assert ours.lif.a_syn == pytest.approx(0.8, rel=1e-7) and ours.lif.a_mem == pytest.approx(0.9, rel=1e-7)
+    assert ours.lif.a_syn == (pytest.approx(0.8, rel=1e-7) if kind == "Synaptic" else 0)
+    assert ours.lif.a_mem == pytest.approx(0.9, rel=1e-7)
     spikes = ours.simulate_spikes(x).record["spikes"]
     for a, b in zip(theirs, spikes):
         assert a.sum() > 10
@@ -114,16 +119,20 @@ def test_graph_from_snntorch_export_gives_the_same_spikes_in_spikeff():
 
 
 @needs_interop
-def test_graph_from_norse_export_gives_the_same_spikes_in_spikeff():
+@pytest.mark.parametrize("kind", ["LIFCell", "LIFBoxCell"])
+def test_graph_from_norse_export_gives_the_same_spikes_in_spikeff(kind):
     import norse.torch as nt
     import torch
     from spikeff.export import nir as nx
     torch.manual_seed(0)
     M, N1, N2, T, B = 30, 20, 10, 25, 8
-    p = nt.LIFParameters(tau_syn_inv=torch.as_tensor(200.0), tau_mem_inv=torch.as_tensor(100.0),
-                         v_th=torch.as_tensor(1.0))
-    net = nt.SequentialState(torch.nn.Linear(M, N1, bias=False), nt.LIFCell(p),
-                             torch.nn.Linear(N1, N2, bias=False), nt.LIFCell(p))
+    if kind == "LIFCell":       # written as CubaLIF
+        cell = lambda: nt.LIFCell(nt.LIFParameters(tau_syn_inv=torch.as_tensor(200.0),  # noqa: E731
+                                                   tau_mem_inv=torch.as_tensor(100.0), v_th=torch.as_tensor(1.0)))
+    else:                       # written as LIF
+        cell = lambda: nt.LIFBoxCell(nt.LIFBoxParameters(tau_mem_inv=torch.as_tensor(100.0),  # noqa: E731
+                                                         v_th=torch.as_tensor(1.0)))
+    net = nt.SequentialState(torch.nn.Linear(M, N1, bias=False), cell(), torch.nn.Linear(N1, N2, bias=False), cell())
     with torch.no_grad():
         for k in (0, 2):
             net[k].weight.mul_(20.0)
@@ -131,7 +140,8 @@ def test_graph_from_norse_export_gives_the_same_spikes_in_spikeff():
     x = (np.random.default_rng(1).random((T, B, M)) < 0.3).astype(np.float32)
     theirs = io.align({"spikes": _snn_stepped(net, x, torch.float32)}, T)["spikes"]
     ours = nx.import_nir(graph, convention="norse", n_steps=T)
-    assert ours.lif.a_syn == pytest.approx(0.8, rel=1e-6) and ours.lif.a_mem == pytest.approx(0.9, rel=1e-6)
+    assert ours.lif.a_syn == (pytest.approx(0.8, rel=1e-6) if kind == "LIFCell" else 0)
+    assert ours.lif.a_mem == pytest.approx(0.9, rel=1e-6)
     spikes = ours.simulate_spikes(x).record["spikes"]
     for a, b in zip(theirs, spikes):
         assert a.sum() > 10

@@ -165,9 +165,8 @@ def run_snntorch(graph, spikes, float64: bool = True, check_executor: bool = Tru
         if not isinstance(c, (snn.Synaptic, snn.Leaky)):
             raise TypeError(f"snnTorch built a {type(c).__name__}; this runner steps Synaptic/Leaky layers")
 
-    def reset():
+    def reset():     # an empty state: snnTorch re-initialises it to zeros of the input's shape
         for c in cells:
-            c.reset_hidden()
             c.mem = torch.zeros(0, dtype=dtype)
             if hasattr(c, "syn"):
                 c.syn = torch.zeros(0, dtype=dtype)
@@ -223,14 +222,16 @@ def firing_rates(spikes: list) -> list:
 RUNNERS = {"norse": run_norse, "snntorch": run_snntorch}
 
 
-def run_importer(name: str, graph, spikes, dt: float | None = None, float64: bool = True) -> dict:
-    """Run ``graph`` on ``spikes`` (T, B, M) in importer ``name`` (``norse`` or ``snntorch``)."""
+def run_importer(name: str, graph, spikes, dt: float | None = None, float64: bool = True,
+                 check_executor: bool = True) -> dict:
+    """Run ``graph`` on ``spikes`` (T, B, M) in importer ``name`` (``norse``: at ``dt``, default the
+    graph's metadata; ``snntorch``: at its fixed 1e-4 s)."""
     if name == "norse":
         graph = read_graph(graph)
         return run_norse(graph, spikes, float((graph.metadata or {}).get("dt", SNNTORCH_DT)) if dt is None else dt,
-                         float64)
+                         float64, check_executor)
     if name == "snntorch":
-        return run_snntorch(graph, spikes, float64)
+        return run_snntorch(graph, spikes, float64, check_executor)
     raise ValueError(f"importer: {name!r} is not valid; choose one of {sorted(RUNNERS)}")
 
 
@@ -245,7 +246,7 @@ def goodness_per_label(net, graph, importer: str, X, dt: float | None = None, fl
     C, out = net.n_classes_, []
     for n, src in net.label_sources(X, seed):
         spikes = src.all_steps()
-        rec = align(run_importer(importer, graph, spikes, dt, float64), spikes.shape[0], shift)
+        rec = align(run_importer(importer, graph, spikes, dt, float64, check_executor=False), spikes.shape[0], shift)
         G = np.stack([np.asarray(g(v)).mean(axis=(0, 2)) for v in rec["v"]], axis=1)
         out.append(G.reshape(n, C, -1))
     return np.concatenate(out)

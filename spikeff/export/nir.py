@@ -108,10 +108,13 @@ def cuba_parameters(a_syn: float, a_mem: float, dt: float, flavour: str) -> dict
     """CubaLIF time constants, ``r`` and ``w_in`` for spikeff's per-step decays at ``dt``, and
     ``leak_gain`` (``v_leak = leak_gain * b``)."""
     _check_choice("flavour", flavour, FLAVOURS)
-    if flavour == "euler":
+    if flavour == "euler":             # a_syn = 0 (no synaptic current): tau_syn = dt, I = w_in W x
         tau_syn, tau_mem = dt / (1.0 - a_syn), dt / (1.0 - a_mem)
         return {"tau_syn": tau_syn, "tau_mem": tau_mem, "r": tau_mem / dt, "w_in": tau_syn / dt,
                 "leak_gain": tau_mem / dt}
+    if a_syn == 0:
+        raise NIRError("a network without synaptic current (tau_syn = 0) has no exponential-integration CubaLIF "
+                       "(tau_syn would be 0); use the euler flavour")
     r = 1.0 / (1.0 - a_mem)
     return {"tau_syn": -dt / math.log(a_syn), "tau_mem": -dt / math.log(a_mem), "r": r, "w_in": 1.0,
             "leak_gain": r}
@@ -133,15 +136,18 @@ def discrete_parameters(tau_syn, tau_mem, r, w_in, dt: float, convention: str) -
     if convention == "norse":
         tau_syn, tau_mem = tau_syn / dt, tau_mem / dt
     r, w_in = np.asarray(r, np.float64), np.asarray(w_in, np.float64)
+    no_syn = tau_syn == 0                          # a LIF (no synaptic current): the input goes to v as it is
+    ts = np.where(no_syn, 1.0, tau_syn)
     if convention == "exact":
-        a_syn, a_mem = np.exp(-dt / tau_syn), np.exp(-dt / tau_mem)
+        a_syn, a_mem = np.exp(-dt / ts), np.exp(-dt / tau_mem)
         bias_gain = 1.0 - a_mem                    # v_leak and r I enter v through (1 - a_mem)
         in_gain = w_in
     else:
-        a_syn, a_mem = 1.0 - dt / tau_syn, 1.0 - dt / tau_mem
+        a_syn, a_mem = 1.0 - dt / ts, 1.0 - dt / tau_mem
         bias_gain = dt / tau_mem
-        in_gain = w_in * dt / tau_syn if convention == "euler" else w_in
-    return {"a_syn": a_syn, "a_mem": a_mem, "weight_gain": bias_gain * r * in_gain, "bias_gain": bias_gain}
+        in_gain = np.where(no_syn, w_in, w_in * dt / ts) if convention == "euler" else w_in
+    return {"a_syn": np.where(no_syn, 0.0, a_syn), "a_mem": a_mem, "weight_gain": bias_gain * r * in_gain,
+            "bias_gain": bias_gain}
 
 
 # -- export ------------------------------------------------------------------------------------
@@ -156,8 +162,8 @@ def to_nir(net, dt: float | None = None, flavour: str = "euler", delay: str = "n
     c, lif = net.config, net.lif
     if lif.refractory_steps:
         raise NIRError(f"neuron.refractory = {c.neuron.refractory} s ({lif.refractory_steps} steps): NIR's "
-                         "CubaLIF has no refractory period, so no NIR simulator would run this network as "
-                         "spikeff does; export needs neuron.refractory = 0")
+                       "CubaLIF has no refractory period, so no NIR simulator would run this network as "
+                       "spikeff does; export needs neuron.refractory = 0")
     dt = _check_dt(default_dt(net, flavour) if dt is None else dt)
     p = cuba_parameters(lif.a_syn, lif.a_mem, dt, flavour)
     if flavour == "exact" and dt == c.neuron.dt:    # the config's own time constants (no log round trip)
@@ -229,7 +235,7 @@ def graph_chain(graph) -> list:
         nxt = succ.get(name, [])
         if len(nxt) != 1:
             raise NIRError(f"node {name!r} ({type(node).__name__}) has {len(nxt)} outgoing edges: spikeff "
-                             "reads chains Input -> (Linear/Affine -> CubaLIF/LIF) ... -> Output")
+                           "reads chains Input -> (Linear/Affine -> CubaLIF/LIF) ... -> Output")
         name = nxt[0]
     unused = sorted(set(graph.nodes) - seen)
     if unused:
@@ -269,7 +275,7 @@ def read_layers(graph) -> list:
         else:
             want = "Linear or Affine" if pending is None else f"CubaLIF or LIF after {pending['fc']!r}"
             raise NIRError(f"node {name!r} is a NIR {kind}, which spikeff cannot represent here (expected "
-                             f"{want}): spikeff reads chains Input -> (Linear/Affine -> CubaLIF/LIF) ... -> Output")
+                           f"{want}): spikeff reads chains Input -> (Linear/Affine -> CubaLIF/LIF) ... -> Output")
     if pending is not None or delay is not None:
         raise NIRError("the chain ends without a neuron node after its last Linear/Affine (or Delay)")
     if not layers:
@@ -289,7 +295,7 @@ def _uniform(layers, key, what):
     vals = np.concatenate([L[key] for L in layers])
     if not np.allclose(vals, vals[0], rtol=1e-9, atol=0):
         raise NIRError(f"{what} differs between neurons ({vals.min():.6g} .. {vals.max():.6g}); spikeff has one "
-                         "neuron model for the whole network")
+                       "neuron model for the whole network")
     return float(vals[0])
 
 
@@ -309,10 +315,11 @@ def import_nir(source, dt: float | None = None, convention: str = "auto", n_clas
     channels, the label channels last (spikeff's overlay; defaults: ``n_classes = 0``,
     ``label_repeat = 1``: no label channels, inference on given spikes only). ``convention="euler"``
     graphs pass spikes on in the same step: in spikeff (one step of delay per layer) layer ``l``
-    spikes ``l + 1`` steps later. Refused with an error naming the node: other node types, branches,
-    an Affine with a non-zero bias (it would feed the synaptic current; spikeff's bias feeds the
-    membrane), a plain LIF (no synaptic current: spikeff's neuron always has one), per-neuron
-    differences in time constants, threshold or reset. ``config_changes``: other
+    spikes ``l + 1`` steps later. A ``LIF`` (no synaptic current: snnTorch's ``Leaky``, Norse's
+    ``LIFBoxCell``) becomes spikeff's neuron with ``tau_syn = 0`` (``a_syn = 0``). Refused with an
+    error naming the node: other node types, branches, an Affine with a non-zero bias (it would feed
+    the synaptic current; spikeff's bias feeds the membrane), time constants, threshold or reset
+    that differ between neurons or layers (LIF and CubaLIF layers mixed, too). ``config_changes``: other
     :class:`~spikeff.config.FFConfig` fields (e.g. ``epochs``, ``learning_rate``).
     """
     from ..config import FFConfig, NeuronConfig
@@ -326,18 +333,15 @@ def import_nir(source, dt: float | None = None, convention: str = "auto", n_clas
         convention = str(meta.get("flavour", "exact")) if spikeff_made else "euler"
     dt = _check_dt(float(dt if dt is not None else meta.get("dt", NORSE_DT if convention == "norse" else SNNTORCH_DT)))
     for L in layers:
-        if L["cell_type"] == "LIF":
-            raise NIRError(f"node {L['cell']!r} is a NIR LIF (no synaptic current): spikeff's neuron always "
-                             "filters its input through a synaptic current (CubaLIF); convert the layer to a "
-                             "CubaLIF (snnTorch: Synaptic instead of Leaky; Norse: LIFCell instead of LIFBoxCell)")
         if np.any(L["bias"] != 0):
             raise NIRError(f"node {L['fc']!r} (Affine) has a non-zero bias: it enters the synaptic current at every "
-                             "step, which spikeff's neuron cannot express (its bias enters the membrane, as CubaLIF's "
-                             "v_leak); write the layer without a bias (torch.nn.Linear(..., bias=False))")
+                           "step, which spikeff's neuron cannot express (its bias enters the membrane, as CubaLIF's "
+                           "v_leak); write the layer without a bias (torch.nn.Linear(..., bias=False))")
         if L["delay"] is not None and not np.allclose(L["delay"], dt, rtol=1e-9):
             raise NIRError(f"Delay before node {L['fc']!r}: spikeff's only delay is one step ({dt} s), got "
-                             f"{np.unique(L['delay'])} s")
-    tau_syn, tau_mem = _uniform(layers, "tau_syn", "tau_syn"), _uniform(layers, "tau_mem", "tau_mem")
+                           f"{np.unique(L['delay'])} s")
+    tau_syn = _uniform(layers, "tau_syn", "tau_syn (0 for a LIF)")
+    tau_mem = _uniform(layers, "tau_mem", "tau_mem")
     v_threshold = _uniform(layers, "v_threshold", "v_threshold")
     v_reset = _uniform(layers, "v_reset", "v_reset")
     weights, biases = [], []
@@ -347,13 +351,14 @@ def import_nir(source, dt: float | None = None, convention: str = "auto", n_clas
         biases.append(d["bias_gain"] * L["v_leak"])
     d = discrete_parameters(tau_syn, tau_mem, 1.0, 1.0, dt, convention)
     a_syn, a_mem = float(d["a_syn"]), float(d["a_mem"])
-    if not (0 < a_syn < 1 and 0 < a_mem < 1):
+    if not (0 <= a_syn < 1 and 0 < a_mem < 1):
         raise NIRError(f"tau_syn = {tau_syn:.6g} s, tau_mem = {tau_mem:.6g} s at dt = {dt} s give per-step decays "
-                         f"{a_syn:.6g}, {a_mem:.6g} ({convention}); spikeff needs decays in (0, 1)")
+                       f"{a_syn:.6g}, {a_mem:.6g} ({convention}); spikeff needs a_syn in [0, 1) and a_mem in (0, 1)")
     # spikeff's own dt: the model's (spikeff graphs: the encoding's spike probabilities depend on it), with
     # time constants that give the same per-step decays
     dt_model = float(meta.get("model_dt", dt)) if spikeff_made else dt
-    neuron = NeuronConfig(dt=dt_model, tau_syn=-dt_model / math.log(a_syn), tau_mem=-dt_model / math.log(a_mem),
+    neuron = NeuronConfig(dt=dt_model, tau_syn=-dt_model / math.log(a_syn) if a_syn else 0.0,
+                          tau_mem=-dt_model / math.log(a_mem),
                           v_threshold=v_threshold, v_reset=v_reset)
     if spikeff_made:
         n_classes = int(meta.get("n_classes", 0)) if n_classes is None else n_classes
@@ -364,7 +369,7 @@ def import_nir(source, dt: float | None = None, convention: str = "auto", n_clas
     n_features = n_in - n_classes * label_repeat
     if n_features <= 0:
         raise NIRError(f"the graph's input has {n_in} channels, fewer than n_classes * label_repeat = "
-                         f"{n_classes * label_repeat} label channels")
+                       f"{n_classes * label_repeat} label channels")
     given = {"hidden_sizes": tuple(L["weight"].shape[0] for L in layers), "dtype": "float64",
              "learn_bias": any(np.any(b != 0) for b in biases), "label_repeat": label_repeat,
              "readout": False, "neuron": neuron}
