@@ -9,7 +9,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 ORDER = [("goodness_functions", ["table"]), ("negative_strategies", ["table"]), ("sleep", ["table"]),
-         ("time_and_encoding", ["table"]), ("activity_energy", ["table_neutral", "table_totals"])]
+         ("time_and_encoding", ["table"]), ("activity_energy", ["table_neutral", "table_totals"]),
+         ("nir_interop", ["table"])]
 
 
 HEADLINE = [("recipe_digits", "digits (`models/digits.toml`)"),
@@ -50,7 +51,8 @@ def main():
             print(f"<!-- {name}: results/{name}.json missing; run python experiments/{name}.py --size full -->\n")
             continue
         res = json.loads(path.read_text())
-        print(f"### {name}\n\n`{res['command']}`\n\n![{name}](results/{name}.png)\n")
+        figure = f"\n\n![{name}](results/{name}.png)" if (ROOT / "results" / f"{name}.png").exists() else ""
+        print(f"### {name}\n\n`{res['command']}`{figure}\n")
         for k in keys:
             print(res[k] + "\n")
 

@@ -1,4 +1,4 @@
-"""The ``spikeff`` command line: ``train``, ``eval``, ``demo``, ``export``, ``plot``, ``sweep``, ``bench``.
+"""The ``spikeff`` command line: ``train``, ``eval``, ``demo``, ``export``, ``import``, ``plot``, ``sweep``, ``bench``.
 
 Run ``spikeff COMMAND --help`` for the options of each command.
 """
@@ -118,8 +118,9 @@ def cmd_export(args):
     out = Path(args.out)
     if args.to == "nir":
         from .export.nir import export_nir
-        export_nir(net, out, dt=args.dt)
-        print(f"spikeff export: wrote NIR graph of {len(net.weights_)} layers to {out}")
+        g = export_nir(net, out, dt=args.dt, flavour=args.nir_flavour, delay=args.nir_delay)
+        print(f"spikeff export: wrote NIR graph of {len(net.weights_)} layers to {out} ({args.nir_flavour} "
+              f"flavour, dt = {g.metadata['dt']:g} s, delay {args.nir_delay})")
         return 0
     from .export.lava import export_lava
     X_calib = None
@@ -133,6 +134,21 @@ def cmd_export(args):
         print(f"layer {l}: weight_exp {info['weight_exp']}, vth {info['vth']}, {info['scale_int_per_mV']:.0f} "
               f"units/mV, {info['weights_clipped']} weights clipped, du {info['du']}, dv {info['dv']}")
     print(f"spikeff export: wrote Lava parameters to {out} and the quantization report to {report_path}")
+    return 0
+
+
+def cmd_import(args):
+    """A NIR graph (spikeff's, or Linear -> CubaLIF chains from snnTorch/Norse) as a spikeff model.npz."""
+    from .export.nir import import_nir
+    net = import_nir(args.graph, dt=args.dt, convention=args.convention, n_classes=args.n_classes,
+                     label_repeat=args.label_repeat, n_steps=args.n_steps)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    net.save(out)
+    n = net.config.neuron
+    print(f"spikeff import: {len(net.weights_)} layers {list(net.config.hidden_sizes)}, {net.weights_[0].shape[1]} "
+          f"inputs ({net.n_classes_} classes x {net.config.label_repeat} label channels), dt = {n.dt:g} s, "
+          f"tau_syn = {n.tau_syn:.4g} s, tau_mem = {n.tau_mem:.4g} s; wrote {out}")
     return 0
 
 
@@ -233,7 +249,15 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("model", help="model.npz written by train")
     x.add_argument("--to", required=True, choices=["lava", "nir"], help="target format")
     x.add_argument("--out", required=True, help="output file")
-    x.add_argument("--dt", type=float, default=None, help="NIR: time step in seconds (default: the model's dt)")
+    x.add_argument("--nir-flavour", default="euler", choices=["euler", "exact"],
+                   help="NIR: euler (default) writes parameters that forward-Euler simulators (Norse, snnTorch) "
+                        "step exactly as spikeff; exact writes exponential-integration time constants")
+    x.add_argument("--dt", type=float, default=None,
+                   help="NIR: time step in seconds the graph describes (default: 1e-4, snnTorch's fixed dt, for "
+                        "euler; the model's dt for exact); spikeff's per-step dynamics are kept at any dt")
+    x.add_argument("--nir-delay", default="none", choices=["none", "node"],
+                   help="NIR: node adds a Delay node of dt before each Linear (spikeff's one-step delay; Norse 1.1 "
+                        "and snnTorch 1.0 cannot import it); none (default) leaves it out")
     x.add_argument("--calib-dataset", default=None, choices=["digits", "fashion_mnist", "mnist"],
                    help="Lava: calibrate the u/v ranges on this data set's training samples "
                         "(default: a worst-case bound)")
@@ -241,6 +265,24 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--n-calib", type=int, default=32, help="Lava: calibration samples (default: 32)")
     x.add_argument("--headroom", type=float, default=2.0, help="Lava: state range headroom factor (default: 2)")
     x.set_defaults(func=cmd_export)
+
+    im = sub.add_parser("import", help="read a NIR graph into a spikeff model",
+                        description="Read a NIR graph (written by spikeff, or a Linear/Affine -> CubaLIF or LIF chain "
+                                    "written by snnTorch's export_to_nir or Norse's to_nir) into a spikeff "
+                                    "model.npz for eval and FF training. Node types spikeff cannot represent are "
+                                    "refused with an error naming the node.")
+    im.add_argument("graph", help="NIR file (.nir, HDF5)")
+    im.add_argument("--out", required=True, help="model.npz to write")
+    im.add_argument("--convention", default="auto", choices=["auto", "euler", "exact", "norse"],
+                    help="how the graph's CubaLIFs were stepped: auto (spikeff's metadata, else euler: NIR's "
+                         "simulators and snnTorch), euler, exact, norse (Norse 1.1's to_nir)")
+    im.add_argument("--dt", type=float, default=None,
+                    help="time step in seconds (default: the graph's metadata, else 1e-4; 1e-3 for norse)")
+    im.add_argument("--n-classes", type=int, default=None,
+                    help="label channels: the last n_classes * label_repeat inputs (default: spikeff's metadata, else 0)")
+    im.add_argument("--label-repeat", type=_positive_int, default=None, help="copies of each label channel")
+    im.add_argument("--n-steps", type=_positive_int, default=None, help="time steps per sample (default: metadata, else 20)")
+    im.set_defaults(func=cmd_import)
 
     pl = sub.add_parser("plot", help="make the figures of a saved run",
                         description="Training curves, spike rasters and membrane traces (positive vs "
@@ -289,13 +331,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from .config import ConfigError
     from .data import DataError
+    from .export.nir import NIRError
     from .io import CheckpointError
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = [str(a) for a in argv]          # the command as typed, recorded in results
     try:
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError, UsageError, OSError, FloatingPointError, ImportError) as e:
+    except (ConfigError, DataError, CheckpointError, UsageError, OSError, FloatingPointError, ImportError,
+            NIRError) as e:
         print(f"spikeff {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -64,7 +64,8 @@ class NeuronConfig:
 
     Continuous model (what Brian2 shows)::
 
-        tau_syn du/dt = -u                      (+ w on each presynaptic spike, one step late)
+        tau_syn du/dt = -u                      (+ w on each presynaptic spike, one step late;
+                                                 tau_syn = 0: no synaptic current, u = W x[t-1])
         tau_mem dv/dt = -v + R (u + b),   R = 1/(1 - exp(-dt/tau_mem)) ~ tau_mem/dt
         v > v_threshold  ->  spike, v = v_reset, held for `refractory`
 
@@ -84,9 +85,10 @@ class NeuronConfig:
 
     def __post_init__(self):
         _check_pos(self.dt, "neuron.dt")
-        _check_pos(self.tau_syn, "neuron.tau_syn")
+        _check_pos(self.tau_syn, "neuron.tau_syn", allow_zero=True)
         _check_pos(self.tau_mem, "neuron.tau_mem")
-        _check(self.tau_syn >= self.dt, "neuron.tau_syn", f"must be >= dt ({self.dt} s), got {self.tau_syn} s")
+        _check(self.tau_syn >= self.dt or self.tau_syn == 0, "neuron.tau_syn",
+               f"must be >= dt ({self.dt} s), or 0 for no synaptic current (a_syn = 0), got {self.tau_syn} s")
         _check(self.tau_mem >= self.dt, "neuron.tau_mem", f"must be >= dt ({self.dt} s), got {self.tau_mem} s")
         _check_pos(self.v_threshold, "neuron.v_threshold")
         _check(isinstance(self.v_reset, (int, float)) and not isinstance(self.v_reset, bool)

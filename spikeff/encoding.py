@@ -83,6 +83,26 @@ class SpikeSource:
         return np.concatenate(list(self.chunks(self.n_steps)), axis=0)
 
 
+class ArraySource:
+    """Given spike trains (T, batch, channels) as a source (what other simulators recorded, or a
+    recording of spikeff's own input spikes)."""
+
+    def __init__(self, spikes, dtype=np.float64):
+        self.spikes = np.asarray(spikes, dtype=dtype)
+        if self.spikes.ndim != 3:
+            raise ValueError(f"spikes must have shape (T, batch, channels), got {self.spikes.shape}")
+        self.n_steps = self.spikes.shape[0]
+        self.shape = self.spikes.shape[1:]
+        self.dtype = self.spikes.dtype
+
+    def chunks(self, chunk_steps: int):
+        for t0 in range(0, self.n_steps, chunk_steps):
+            yield self.spikes[t0:t0 + chunk_steps]
+
+    def all_steps(self) -> np.ndarray:
+        return self.spikes
+
+
 class ConcatSource:
     """Several spike sources of the same length side by side along the batch axis.
 

@@ -28,7 +28,7 @@ import numpy as np
 from .config import FFConfig
 from .backend import get_backend, to_backend
 from .data import DataError, check_X, check_Xy
-from .encoding import NEUTRAL, ConcatSource, SpikeSource, overlay_labels
+from .encoding import NEUTRAL, ArraySource, ConcatSource, SpikeSource, overlay_labels
 from .engines import make_engine
 from .goodness import get_goodness
 from .learning import ff_loss, lr_factor, make_optimizer
@@ -250,6 +250,16 @@ class FFNetwork:
         X = check_X(X, self.n_features_in_)
         labels = np.full(len(X), NEUTRAL) if labels is None else np.broadcast_to(labels, (len(X),))
         return self._run(self._source(X, labels, seed), record=record)
+
+    def simulate_spikes(self, spikes, record: bool = True):
+        """Simulate one phase on given input spike trains ``spikes`` (T, batch, inputs), label channels
+        included (e.g. ``simulate(...).record["input"]``, or spikes another simulator was fed)."""
+        self._check_fitted()
+        spikes = np.asarray(spikes)
+        n_in = self.weights_[0].shape[1]
+        if spikes.ndim != 3 or spikes.shape[2] != n_in:
+            raise DataError(f"spikes: must have shape (T, batch, {n_in}), got {spikes.shape}")
+        return self._run(ArraySource(spikes, self.dtype), record=record)
 
     def goodness(self, X, labels, seed: int = 0) -> np.ndarray:
         """Goodness of each layer for X with the given labels, shape (n_samples, n_layers)."""

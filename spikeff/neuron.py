@@ -3,7 +3,7 @@
 Per layer, per sample, time steps t = 0 .. T-1, presynaptic spikes x (one step of synaptic delay,
 x[-1] = 0)::
 
-    u[t] = a_syn * u[t-1] + W @ x[t-1]          a_syn = exp(-dt / tau_syn)
+    u[t] = a_syn * u[t-1] + W @ x[t-1]          a_syn = exp(-dt / tau_syn)   (0 when tau_syn = 0)
     v[t] = a_mem * v[t-1] + u[t] + b            a_mem = exp(-dt / tau_mem)
     s[t] = v[t] > v_threshold
     v[t] = v_reset            where s[t]   (and held there for `refractory` steps)
@@ -51,7 +51,7 @@ class DiscreteLIF:
 
     @classmethod
     def from_config(cls, neuron: NeuronConfig) -> "DiscreteLIF":
-        return cls(a_syn=math.exp(-neuron.dt / neuron.tau_syn),
+        return cls(a_syn=math.exp(-neuron.dt / neuron.tau_syn) if neuron.tau_syn else 0.0,
                    a_mem=math.exp(-neuron.dt / neuron.tau_mem),
                    v_threshold=float(neuron.v_threshold), v_reset=float(neuron.v_reset),
                    refractory_steps=int(round(neuron.refractory / neuron.dt)),

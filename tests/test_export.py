@@ -221,26 +221,55 @@ def test_spikeff_imports_without_lava_and_says_how_to_install():
 
 # -- NIR ------------------------------------------------------------------------------------------
 @needs_nir
-def test_nir_roundtrip(trained, digits, tmp_path):
+@pytest.mark.parametrize("flavour", ["euler", "exact"])
+def test_nir_roundtrip(trained, digits, tmp_path, flavour):
     from spikeff.export import nir as nx
     path = tmp_path / "net.nir"
-    nx.export_nir(trained, path)
+    nx.export_nir(trained, path, flavour=flavour)
     p = nx.read_nir_parameters(path)
     lif = trained.lif
+    dt = p["metadata"]["dt"]
+    assert dt == (1e-4 if flavour == "euler" else trained.config.neuron.dt)
     assert len(p["layers"]) == 2
     for L, W in zip(p["layers"], trained.weights_):
         np.testing.assert_array_equal(L["weight"], W)
-        np.testing.assert_allclose(np.exp(-1e-3 / L["tau_syn"]), lif.a_syn, rtol=1e-12)
-        np.testing.assert_allclose(np.exp(-1e-3 / L["tau_mem"]), lif.a_mem, rtol=1e-12)
-        np.testing.assert_allclose(L["r"], 1 / (1 - lif.a_mem))
+        if flavour == "euler":      # what an Euler-stepping importer runs: 1 - dt/tau = a, r dt/tau_mem = 1, ...
+            np.testing.assert_allclose(1 - dt / L["tau_syn"], lif.a_syn, rtol=1e-12)
+            np.testing.assert_allclose(1 - dt / L["tau_mem"], lif.a_mem, rtol=1e-12)
+            np.testing.assert_allclose(L["r"], L["tau_mem"] / dt, rtol=1e-15)          # snnTorch's assertion
+            np.testing.assert_allclose(L["w_in"] * dt / L["tau_syn"], 1.0, rtol=1e-12)  # snnTorch's w_scale
+        else:
+            np.testing.assert_allclose(np.exp(-dt / L["tau_syn"]), lif.a_syn, rtol=1e-12)
+            np.testing.assert_allclose(np.exp(-dt / L["tau_mem"]), lif.a_mem, rtol=1e-12)
+            np.testing.assert_allclose(L["r"], 1 / (1 - lif.a_mem))
+            assert np.all(L["w_in"] == 1)
         assert np.all(L["v_threshold"] == lif.v_threshold) and np.all(L["v_reset"] == 0)
-        assert np.all(L["bias"] == 0)
-    assert p["metadata"]["n_classes"] == 10 and p["metadata"]["synaptic_delay_steps"] == 1
+        assert np.all(L["v_leak"] == 0)
+    meta = p["metadata"]
+    assert meta["n_classes"] == 10 and meta["synaptic_delay_steps"] == 1 and meta["flavour"] == flavour
     back = nx.import_nir(path)
-    assert back.lif == lif
+    assert back.lif.a_syn == pytest.approx(lif.a_syn, rel=1e-12) and back.lif.a_mem == pytest.approx(lif.a_mem, rel=1e-12)
     X = digits.X_test[:5]
     back.config = back.config.replace(eval_batch_size=trained.config.eval_batch_size)
-    np.testing.assert_allclose(back.goodness_per_label(X), trained.goodness_per_label(X), rtol=1e-12)
+    np.testing.assert_allclose(back.goodness_per_label(X), trained.goodness_per_label(X), rtol=1e-9)
+
+
+@needs_nir
+def test_nir_roundtrip_with_bias_and_delay_nodes(trained, digits, tmp_path):
+    """A learned bias goes to v_leak and comes back; Delay nodes (one step) are read back."""
+    from spikeff.export import nir as nx
+    net = FFNetwork(trained.config.replace(learn_bias=True))
+    net.initialize(trained.n_features_in_, trained.n_classes_)
+    net.weights_ = [W.copy() for W in trained.weights_]
+    net.biases_ = [np.linspace(-0.05, 0.05, len(b)) for b in net.biases_]
+    for flavour in nx.FLAVOURS:
+        g = nx.to_nir(net, flavour=flavour, delay="node")
+        assert [k for k in g.nodes if k.startswith("delay")] == ["delay0", "delay1"]
+        back = nx.import_nir(g)
+        for b0, b1 in zip(net.biases_, back.biases_):
+            np.testing.assert_allclose(b1, b0, rtol=1e-12, atol=1e-15)
+        X = digits.X_test[:4]
+        np.testing.assert_allclose(back.goodness(X, digits.y_test[:4]), net.goodness(X, digits.y_test[:4]), rtol=1e-9)
 
 
 @needs_nir
@@ -257,14 +286,130 @@ def test_nir_roundtrip_keeps_the_encoding(trained, tmp_path):
 def test_nir_dt_argument_and_cli(trained, tmp_path):
     from spikeff.cli import main
     from spikeff.export import nir as nx
-    g = nx.to_nir(trained, dt=0.5e-3)
+    g = nx.to_nir(trained, dt=0.5e-3, flavour="exact")
     tau = float(g.nodes["lif0"].tau_mem[0])
     assert tau == pytest.approx(trained.config.neuron.tau_mem / 2)      # same per-step decay at half dt
     assert g.metadata["dt"] == 0.5e-3
     with pytest.raises(ValueError, match="dt"):
         nx.to_nir(trained, dt=-1.0)
+    with pytest.raises(ValueError, match="flavour"):
+        nx.to_nir(trained, flavour="rk4")
     model = tmp_path / "m.npz"
     trained.save(model)
-    assert main(["export", str(model), "--to", "nir", "--out", str(tmp_path / "n.nir"), "--dt", "0.002"]) == 0
+    assert main(["export", str(model), "--to", "nir", "--out", str(tmp_path / "n.nir"), "--dt", "0.002",
+                 "--nir-flavour", "exact"]) == 0
     back = nx.import_nir(tmp_path / "n.nir")
-    assert back.config.neuron.dt == 0.002 and back.lif.a_mem == pytest.approx(trained.lif.a_mem, rel=1e-12)
+    assert back.config.neuron.dt == trained.config.neuron.dt       # the model's dt (encoding), same decays
+    assert back.lif.a_mem == pytest.approx(trained.lif.a_mem, rel=1e-12)
+    assert main(["export", str(model), "--to", "nir", "--out", str(tmp_path / "e.nir")]) == 0   # euler, dt 1e-4
+    g = nx.read_nir_parameters(tmp_path / "e.nir")
+    assert g["metadata"]["flavour"] == "euler" and g["metadata"]["dt"] == 1e-4
+    # spikeff import: back to a model.npz that eval reads
+    assert main(["import", str(tmp_path / "e.nir"), "--out", str(tmp_path / "back.npz")]) == 0
+    back = FFNetwork.load(tmp_path / "back.npz")
+    assert back.n_classes_ == 10 and back.lif.a_syn == pytest.approx(trained.lif.a_syn, rel=1e-12)
+
+
+@needs_nir
+def test_nir_export_refuses_a_refractory_period(trained):
+    from spikeff.export import nir as nx
+    net = FFNetwork(trained.config.replace(neuron=trained.config.neuron.__class__(
+        **{**trained.config.neuron.__dict__, "refractory": 2e-3})))
+    net.initialize(trained.n_features_in_, trained.n_classes_)
+    with pytest.raises(nx.NIRError, match="refractory"):
+        nx.to_nir(net)
+
+
+def _chain_graph(nodes_between, n_in=6):
+    import nir
+    nodes = {"input": nir.Input(input_type={"input": np.array([n_in])}), **nodes_between,
+             "output": nir.Output(output_type={"output": np.array([3])})}
+    names = ["input", *nodes_between, "output"]
+    return nir.NIRGraph(nodes=nodes, edges=list(zip(names[:-1], names[1:])), type_check=False)
+
+
+def _cuba(n, tau_syn=5e-4, tau_mem=1e-3, dt=1e-4, **kw):
+    import nir
+    p = dict(tau_syn=np.full(n, tau_syn), tau_mem=np.full(n, tau_mem), r=np.full(n, tau_mem / dt),
+             v_leak=np.zeros(n), v_threshold=np.ones(n), v_reset=np.zeros(n), w_in=np.full(n, tau_syn / dt))
+    p.update(kw)
+    return nir.CubaLIF(**p)
+
+
+def _lif(n, tau=1e-3, dt=1e-4):
+    import nir
+    return nir.LIF(tau=np.full(n, tau), r=np.full(n, tau / dt), v_leak=np.zeros(n), v_threshold=np.ones(n),
+                   v_reset=np.zeros(n))
+
+
+@needs_nir
+def test_nir_import_of_lif_chains_has_no_synaptic_current():
+    """Linear -> LIF (snnTorch's Leaky, Norse's LIFBoxCell): tau_syn = 0, a_syn = 0, u = W x[t-1]."""
+    import nir
+    from spikeff.export import nir as nx
+    W = np.arange(18.0).reshape(3, 6) / 10
+    net = nx.import_nir(_chain_graph({"fc": nir.Linear(weight=W), "cell": _lif(3)}), n_steps=5)
+    assert net.config.neuron.tau_syn == 0 and net.lif.a_syn == 0 and net.lif.a_mem == pytest.approx(0.9)
+    np.testing.assert_allclose(net.weights_[0], W, rtol=1e-12)       # Euler LIF: dt/tau * r = 1
+    x = np.zeros((5, 1, 6))
+    x[0, 0, 0] = 1
+    v = net.simulate_spikes(x).record["v"][0][:, 0, 1]                # W[1, 0] = 0.6 mV at t = 1, then * 0.9
+    np.testing.assert_allclose(v, [0, 0.6, 0.54, 0.486, 0.4374], rtol=1e-12)
+    g = nx.to_nir(net)                                                 # and out again: tau_syn = dt, w_in = 1
+    np.testing.assert_allclose(g.nodes["lif0"].tau_syn, 1e-4) and np.testing.assert_allclose(g.nodes["lif0"].w_in, 1)
+    with pytest.raises(nx.NIRError, match="euler"):
+        nx.to_nir(net, flavour="exact")
+
+
+@needs_nir
+def test_nir_import_refuses_what_spikeff_cannot_represent(tmp_path):
+    import nir
+    from spikeff.cli import main
+    from spikeff.export import nir as nx
+    W = np.ones((3, 6))
+    ok = _chain_graph({"fc": nir.Linear(weight=W), "cell": _cuba(3)})
+    assert nx.import_nir(ok).config.hidden_sizes == (3,)
+    cases = [
+        ({"fc": nir.Linear(weight=W), "scale": nir.Scale(scale=np.ones(3)), "cell": _cuba(3)},
+         "node 'scale' is a NIR Scale"),
+        ({"fc": nir.Affine(weight=W, bias=np.full(3, 0.1)), "cell": _cuba(3)}, "node 'fc' \(Affine\) has a non-zero bias"),
+        ({"fc": nir.Linear(weight=W), "cell": _lif(3), "fc1": nir.Linear(weight=np.ones((3, 3))), "cell1": _cuba(3)},
+         "tau_syn \\(0 for a LIF\\) differs"),
+        ({"fc": nir.Linear(weight=W), "cell": _cuba(3, tau_mem=np.array([1e-3, 1e-3, 2e-3]))}, "tau_mem differs"),
+        ({"fc": nir.Linear(weight=W)}, "ends without a neuron node"),
+    ]
+    for nodes, match in cases:
+        with pytest.raises(nx.NIRError, match=match):
+            nx.import_nir(_chain_graph(nodes))
+    branch = _chain_graph({"fc": nir.Linear(weight=W), "cell": _cuba(3)})
+    branch.edges.append(("input", "cell"))
+    with pytest.raises(nx.NIRError, match="2 outgoing edges"):
+        nx.import_nir(branch)
+    # the command line prints the error, no traceback
+    bad = _chain_graph({"fc": nir.Affine(weight=W, bias=np.full(3, 0.1)), "cell": _cuba(3)})
+    nir.write(str(tmp_path / "bad.nir"), bad)
+    assert main(["import", str(tmp_path / "bad.nir"), "--out", str(tmp_path / "m.npz")]) == 2
+
+
+@needs_nir
+def test_nir_import_of_a_peer_graph_for_inference_and_ff_fine_tuning(digits):
+    """A Linear -> CubaLIF chain in NIR's (snnTorch's) Euler convention, with label channels: spikeff
+    reads it, runs it and trains it further with FF."""
+    import nir
+    from spikeff.export import nir as nx
+    rng = np.random.default_rng(0)
+    n_in, sizes = 64 + 10 * 2, (30, 20)
+    nodes, prev = {}, n_in
+    for l, n in enumerate(sizes):
+        nodes[f"lin{l}"] = nir.Linear(weight=rng.standard_normal((n, prev)) / np.sqrt(prev))
+        nodes[f"syn{l}"] = _cuba(n)
+        prev = n
+    g = _chain_graph(nodes, n_in=n_in)
+    net = nx.import_nir(g, n_classes=10, label_repeat=2, n_steps=12, epochs=1, batch_size=32)
+    assert net.n_features_in_ == 64 and net.config.neuron.dt == 1e-4
+    assert net.lif.a_syn == pytest.approx(1 - 1e-4 / 5e-4) and net.lif.a_mem == pytest.approx(1 - 1e-4 / 1e-3)
+    np.testing.assert_allclose(net.weights_[0], nodes["lin0"].weight, rtol=1e-12)   # r dt/tau_mem = w_in dt/tau_syn = 1
+    before = [W.copy() for W in net.weights_]
+    net.continue_fit(digits.X_train[:96], digits.y_train[:96], epochs=1)
+    assert net.epochs_done_ == 1 and all(np.any(W != W0) for W, W0 in zip(net.weights_, before))
+    assert 0 <= net.score(digits.X_test[:20], digits.y_test[:20]) <= 1

@@ -1,16 +1,18 @@
-"""Export of trained networks to other simulators and hardware formats.
+"""Export of trained networks to other simulators and hardware formats (and NIR import).
 
 - :mod:`spikeff.export.lava`: Lava processes (Loihi 2 style, ``floating_pt`` and bit-accurate
   ``fixed_pt``), Loihi bit-width quantization with a report, and inference on Lava
   (needs ``pip install spikeff[lava]`` to *run* on Lava; quantization and the bit-accurate numpy
   model of Lava's fixed-point LIF work without it).
-- :mod:`spikeff.export.nir`: the network graph as NIR (``pip install spikeff[nir]``).
+- :mod:`spikeff.export.nir`: the network graph as NIR (``pip install spikeff[nir]``), written so that
+  NIR's simulators run it exactly; NIR graphs (spikeff's, snnTorch's, Norse's) read back.
+- :mod:`spikeff.export.interop`: run a NIR graph in Norse and snnTorch (``pip install 'spikeff[interop]'``).
 
-Nothing here imports lava or nir at import time.
+Nothing here imports lava, nir or torch at import time.
 """
 from __future__ import annotations
 
-__all__ = ["lava", "nir"]
+__all__ = ["lava", "nir", "interop"]
 
 
 def check_exportable(net):

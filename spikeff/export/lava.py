@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import check_exportable
-from ..encoding import NEUTRAL
+from ..encoding import NEUTRAL, ArraySource
 from ..goodness import get_goodness
 from ..readout import readout_features
 
@@ -490,22 +490,9 @@ def simulate(net, input_spikes, mode: str = "fixed_pt", quant=None, backend: str
         return r
     from ..engines.vectorized import run_phase
     res = run_phase([np.asarray(W, np.float64) for W in net.weights_], _biases(net), net.lif,
-                    get_goodness(net.config.goodness), _ArraySource(input_spikes), net.config.chunk_steps,
+                    get_goodness(net.config.goodness), ArraySource(input_spikes), net.config.chunk_steps,
                     record=True)
     return {"spikes": res.record["spikes"], "v": res.record["v"]}
-
-
-class _ArraySource:
-    """A SpikeSource-like wrapper around recorded spikes (T, B, M)."""
-
-    def __init__(self, spikes):
-        self.spikes = np.asarray(spikes, dtype=np.float64)
-        self.n_steps = self.spikes.shape[0]
-        self.shape = self.spikes.shape[1:]
-
-    def chunks(self, chunk_steps):
-        for t0 in range(0, self.n_steps, chunk_steps):
-            yield self.spikes[t0:t0 + chunk_steps]
 
 
 # ------------------------------------------------------------------------------------------------
