@@ -172,7 +172,7 @@ def main(argv=None):
            "alignment": "importers pass spikes on in the same step; spikeff delays each layer by one step: layer l "
                         "(from 0) of an importer is compared shifted by l + 1 steps (spikeff's first l + 1 steps: "
                         "rest)",
-           "importers": {}, **provenance(config=net.config)}
+           "importers": {}, "provenance": provenance(config=net.config)}
     with tempfile.TemporaryDirectory() as tmp:       # through files, as a user would
         def written(name, **kw):
             nx.export_nir(net, Path(tmp) / name, **kw)
