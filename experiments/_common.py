@@ -45,6 +45,7 @@ def parse_args(name: str, doc: str, argv=None, epochs_full: int | None = None):
     if args.epochs is not None:
         size["epochs"] = args.epochs
     args.sizes = size
+    args.provenance = provenance(recipe=RECIPE)          # at the start: the code that runs
     args.command = f"python experiments/{name}.py --size {args.size}" + (
         f" --epochs {args.epochs}" if args.epochs is not None else "")
     return args
@@ -115,7 +116,8 @@ def write_results(args, name: str, results: dict, fig) -> tuple:
     out.mkdir(parents=True, exist_ok=True)
     results = {"experiment": name, "command": args.command, "size": args.size, "epochs_arg": args.epochs,
                "sizes": {k: (list(v) if isinstance(v, tuple) else v) for k, v in args.sizes.items()},
-               **results, "configs": getattr(args, "configs", []), "provenance": provenance(recipe=RECIPE)}
+               **results, "configs": getattr(args, "configs", []),
+               "provenance": getattr(args, "provenance", None) or provenance(recipe=RECIPE)}
     jp, pp = out / f"{name}.json", out / f"{name}.png"
     write_json(jp, results)
     fig.tight_layout()

@@ -92,6 +92,7 @@ def main(argv=None):
     n = max(1, usable_cpus() // jobs)
     threads = ThreadSettings(blas=n, engine=n)
     args.recipe, args.overrides = recipe, overrides
+    prov = provenance(config=config, threads=threads, recipe=recipe)      # at the start: the code that runs
     work = [(config, args, s, threads) for s in args.seeds]
     if jobs == 1:
         runs = [_one(w) for w in work]
@@ -101,7 +102,7 @@ def main(argv=None):
     result = {"experiment": "recipe_seeds", "command": args.command, "dataset": args.dataset, "size": args.size,
               "recipe_overrides": overrides,
               "seeds": args.seeds, "runs": runs, "summary": {k: spread(r[k] for r in runs) for k in METRICS},
-              "provenance": provenance(config=config, threads=threads, recipe=recipe)}
+              "provenance": prov}
     out = Path(args.out)
     write_json(out / f"{args.name}.json", result)
     _plot(runs, out / f"{args.name}_curves.png", args.name)
