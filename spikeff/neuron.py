@@ -197,3 +197,14 @@ def lif_scan_xp(u_chunk, dec, p: DiscreteLIF, xp, ref=None):
             ref = xp.where(spikes, ref_steps, xp.maximum(ref - 1, zero))
         vs.append(v)
     return xp.stack(vs), dec, ref
+
+
+def bias_trace(a_mem: float, e_b: float, k: int):
+    """The bias trace ``e_b[t] = a_mem e_b[t-1] + 1`` (``dv[t]/db`` without reset) for the next
+    ``k`` steps from its value ``e_b``: ``(steps (k,) float64, last value)``. Used by the engines'
+    bias gradient ``db = sum_t e_b[t] * post[t]``."""
+    steps = np.empty(k)
+    for j in range(k):
+        e_b = a_mem * e_b + 1.0
+        steps[j] = e_b
+    return steps, e_b

@@ -46,7 +46,7 @@ import numpy as np
 
 from ..backend import astype, device_of, dtype_name, namespace, to_backend, to_numpy
 from ..goodness import Goodness
-from ..neuron import DiscreteLIF, lif_scan, lif_scan_xp, trace_filter, trace_scan
+from ..neuron import DiscreteLIF, bias_trace, lif_scan, lif_scan_xp, trace_filter, trace_scan
 
 
 @dataclass
@@ -351,10 +351,7 @@ def run_phase(weights, biases, lif: DiscreteLIF, goodness: Goodness, source, chu
     e_b = 0.0
     for chunk in source.chunks(chunk_steps):
         k = chunk.shape[0]
-        e_b_steps = np.empty(k)
-        for j in range(k):
-            e_b = lif.a_mem * e_b + 1.0          # bias trace: dv[t]/db without reset
-            e_b_steps[j] = e_b
+        e_b_steps, e_b = bias_trace(lif.a_mem, e_b, k)     # dv[t]/db without reset, this chunk
         if record:
             rec_in.append(chunk.astype(bool))
         if xp is np:
