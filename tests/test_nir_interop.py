@@ -149,12 +149,13 @@ def test_graph_from_norse_export_gives_the_same_spikes_in_spikeff(kind):
 
 
 @needs_interop
+@pytest.mark.slow
 def test_nir_interop_experiment_small(tmp_path):
     import json
     import subprocess
     import sys
     out = tmp_path / "nir_interop.json"
-    r = subprocess.run([sys.executable, "experiments/nir_interop.py", "--size", "small", "--out", str(out)],
+    r = subprocess.run([sys.executable, "experiments/nir_interop.py", "--size", "small", "--no-lava", "--out", str(out)],
                        capture_output=True, text=True, cwd=".", timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     res = json.loads(out.read_text())

@@ -387,9 +387,7 @@ def import_nir(source, dt: float | None = None, convention: str = "auto", n_clas
         given["max_rate"] = min(FFConfig.max_rate, 1.0 / dt_model)
     config = FFConfig(**{**given, **config_changes})
     net = FFNetwork(config).initialize(n_features, n_classes)
-    net.weights_ = [W.astype(net.dtype) for W in weights]
-    net.biases_ = [b.astype(net.dtype) for b in biases]
-    from ..learning import make_optimizer
-    net.optimizers_ = [make_optimizer(config.optimizer, [W, b], config.learning_rate)
-                       for W, b in zip(net.weights_, net.biases_)]
+    for W_net, W, b_net, b in zip(net.weights_, weights, net.biases_, biases):   # in place: the optimizers hold them
+        W_net[...] = W
+        b_net[...] = b
     return net
