@@ -9,7 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from .data import DATASETS
+from .config import available_recipes, choices
+from .data import DATASETS, EVENT_DATASETS, IMAGE_DATASETS
 from .runs import (VAL_FRACTION, ThreadSettings, check_data_matches, load_run, resolve_config_path,
                    train_run, write_json)
 
@@ -193,16 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a network from a model config; writes metrics.json (one entry "
                                    "per epoch: accuracy, FF loss per layer, seconds, samples/s), "
                                    "model.npz (checkpoint after each epoch) and training_curves.png.")
-    t.add_argument("--config", default=None, help="model config: a TOML path or a name in models/ (default: digits)")
+    t.add_argument("--config", default=None, help=f"model config: a TOML path or a recipe name, one of "
+                                                  f"{', '.join(available_recipes())} (default: digits)")
     t.add_argument("--dataset", default=None, choices=list(DATASETS),
-                   help="data set (default: digits, embedded); nmnist, dvs_gesture, shd: event data read by "
-                        "tonic from --data-path; events_npz: --data-path holds train.npz and test.npz event files")
+                   help=f"data set (default: digits, embedded); {', '.join(EVENT_DATASETS)}: event data from "
+                        "--data-path (events_npz: train.npz and test.npz event files, the others read by tonic)")
     t.add_argument("--data-path", default=None,
-                   help="directory with IDX files (fashion_mnist/mnist) or event data (nmnist, dvs_gesture, shd, "
-                        "events_npz)")
+                   help=f"directory with IDX files (fashion_mnist/mnist) or event data ({', '.join(EVENT_DATASETS)})")
     t.add_argument("--epochs", type=int, default=None, help="override the config's number of epochs")
     t.add_argument("--seed", type=int, default=None, help="override the config's seed")
-    t.add_argument("--engine", default=None, choices=["vectorized", "brian2"],
+    t.add_argument("--engine", default=None, choices=list(choices()["engine"]),
                    help="simulation engine: vectorized (fast) or brian2 (slow reference; Brian2 "
                         "target from $SPIKEFF_BRIAN2_TARGET=numpy|cython)")
     t.add_argument("--n-train", type=_positive_int, default=None, help="use a random subset of the training set")
@@ -258,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--nir-delay", default="none", choices=["none", "node"],
                    help="NIR: node adds a Delay node of dt before each Linear (spikeff's one-step delay; Norse 1.1 "
                         "and snnTorch 1.0 cannot import it); none (default) leaves it out")
-    x.add_argument("--calib-dataset", default=None, choices=["digits", "fashion_mnist", "mnist"],
+    x.add_argument("--calib-dataset", default=None, choices=list(IMAGE_DATASETS),
                    help="Lava: calibrate the u/v ranges on this data set's training samples "
                         "(default: a worst-case bound)")
     x.add_argument("--data-path", default=None, help="directory with IDX files")

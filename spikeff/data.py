@@ -200,7 +200,9 @@ def load_idx_dataset(name: str = "fashion_mnist", path=None) -> Dataset:
         f"${_ENV[name]}.")
 
 
-DATASETS = ("digits", "fashion_mnist", "mnist", "nmnist", "dvs_gesture", "shd", "events_npz")
+IMAGE_DATASETS = ("digits", "fashion_mnist", "mnist")                 # X: intensities in [0, 1]
+EVENT_DATASETS = ("nmnist", "dvs_gesture", "shd", "events_npz")         # X: events (spikeff.events)
+DATASETS = IMAGE_DATASETS + EVENT_DATASETS
 
 
 def load_dataset(name: str, path=None) -> Dataset:

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import MODELS_DIR, recipe_path  # noqa: F401  (MODELS_DIR: where the recipes are)
+
 ROOT = Path(__file__).resolve().parent.parent
 OPENBLAS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
                 "MKL_NUM_THREADS", "SPIKEFF_NUM_THREADS")
@@ -249,19 +251,12 @@ def write_json(path, obj) -> Path:
 
 # -- run directories: train, checkpoint per epoch, resume --------------------------------------
 
-MODELS_DIR = ROOT / "models"
 VAL_FRACTION = 0.1          # default share of the training set held out for validation
 
 
-def resolve_config_path(name: str) -> Path:
-    """A model config: a TOML path, or a name in ``models/`` (with or without ``.toml``)."""
-    p = Path(name)
-    if p.is_file():
-        return p
-    for cand in (MODELS_DIR / name, MODELS_DIR / f"{name}.toml"):
-        if cand.is_file():
-            return cand
-    raise FileNotFoundError(f"model config {name!r} not found (give a path, or a name in {MODELS_DIR})")
+def resolve_config_path(name) -> Path:
+    """A model config: a TOML path, or a recipe name in ``models/`` (see :func:`spikeff.config.recipe_path`)."""
+    return recipe_path(name)
 
 
 @contextlib.contextmanager
