@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from .config import FFConfig
+from .config import PREDICT_METHODS, FFConfig
 from .backend import get_backend, to_backend
 from .data import DataError, check_X, check_X_labels, check_y_shape, fit_classes
 from .encoding import NEUTRAL, ArraySource, ConcatSource, SpikeSource, overlay_labels
@@ -392,7 +392,7 @@ class FFNetwork:
             if self.readout_ is None:
                 raise ValueError("method='readout' needs a network trained with readout = true")
             return self.classes_[self.readout_.predict(self.readout_features(X))]
-        raise ValueError(f"method: {method!r} is not valid; choose one of ['goodness', 'readout']")
+        raise ValueError(f"method: {method!r} is not valid; choose one of {list(PREDICT_METHODS)}")
 
     def score(self, X, y, method: str | None = None) -> float:
         """Accuracy on (X, y)."""
