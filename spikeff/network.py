@@ -454,7 +454,8 @@ class FFNetwork:
         return [float(g.mean()) for g in res.goodness]
 
     def train_batch(self, X, y, seed) -> dict:
-        """One FF step on a batch. Returns per-layer loss and mean goodness of both phases."""
+        """One FF step on a batch (``y``: class positions 0..n_classes-1, see :meth:`fit`). Returns
+        per-layer loss and mean goodness of both phases."""
         c = self.config
         rng = np.random.default_rng(np.random.SeedSequence(seed + [0]))
         out = {}
@@ -505,7 +506,8 @@ class FFNetwork:
         return out
 
     def train_epoch(self, X, y, epoch: int, progress: bool = False, n_epochs: int | None = None) -> dict:
-        """One pass over (X, y) in shuffled batches. Returns the epoch's training metrics.
+        """One pass over (X, y) in shuffled batches (``y``: class positions). Returns the epoch's
+        training metrics.
 
         ``n_epochs``: the length of the learning-rate schedule (default: ``config.epochs``);
         :meth:`continue_fit` passes the number of epochs it trains to."""
@@ -589,7 +591,7 @@ class FFNetwork:
                 if (self.epochs_done_ + 1 == epochs and self.readout_ is not None
                         and self.config.readout_final_epochs):
                     t0 = time.perf_counter()
-                    m["readout_final_loss"] = self.fit_readout(X, y, self.config.readout_final_epochs)
+                    m["readout_final_loss"] = self._fit_readout(X, y, self.config.readout_final_epochs)
                     m["readout_final_seconds"] = time.perf_counter() - t0
                 if X_val is not None:
                     t0 = time.perf_counter()
@@ -611,12 +613,16 @@ class FFNetwork:
 
         The features are computed once (one forward pass per sample, O(n_samples * n_hidden)
         memory), so the readout no longer chases features that drift during FF training.
-        Returns the mean cross-entropy of the last epoch.
+        Returns the mean cross-entropy of the last epoch. ``y``: class labels (values of ``classes_``).
         """
         self._check_fitted()
         if self.readout_ is None:
             raise ValueError("fit_readout needs a network with readout = true")
         X, y = check_X_labels(X, y, self.classes_, self.n_features_in_)
+        return self._fit_readout(X, y, epochs, batch_size)
+
+    def _fit_readout(self, X, y, epochs: int, batch_size: int = 256) -> float:
+        """:meth:`fit_readout` on checked ``X`` and class positions ``y``."""
         F = self.readout_features(X, seed=PHASE_IDS["neutral"])
         c = self.config
         self.readout_ = LinearReadout(F.shape[1], self.n_classes_, c.readout_learning_rate)

@@ -106,6 +106,13 @@ def test_classes_take_any_labels(tmp_path, digits):
         net.score(Xt[:2], np.array([-5, 5]))                  # 5 is not one of -5, -2, 1, 4, ...
     with pytest.raises(DataError, match="are not among the network's classes"):
         FFNetwork(TINY).fit(X, names[y]).score(Xt[:2], np.array(["c1", "dog"]))
+    # the final readout refit (readout_final_epochs) and fit_readout take labels too
+    final = TINY.replace(readout_final_epochs=2)
+    a = FFNetwork(final).fit(X, y)
+    b = FFNetwork(final).fit(X, names[y])
+    np.testing.assert_array_equal(b.readout_.W, a.readout_.W)
+    assert b.fit_readout(X, names[y], epochs=1) == a.fit_readout(X, y, epochs=1)
+    np.testing.assert_array_equal(b.predict(Xt, method="readout"), names[a.predict(Xt, method="readout")])
     # labels absent from y: n_classes keeps 0..n_classes-1; without it classes_ are the labels seen
     seen = y != 3
     assert list(FFNetwork(TINY).fit(X[seen], y[seen], n_classes=10).classes_) == list(range(10))
