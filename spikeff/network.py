@@ -87,7 +87,8 @@ def _config_params(config: FFConfig) -> dict:
 
 
 class FFNetwork:
-    """Spiking Forward-Forward network. ``config``: an :class:`FFConfig` (keyword overrides allowed).
+    """Spiking Forward-Forward network. ``config``: an :class:`FFConfig`; keyword overrides of its
+    fields allowed (``FFNetwork(config, n_steps=10, neuron__tau_mem=0.02)``).
 
     A scikit-learn classifier: ``get_params``/``set_params`` expose ``config``, ``store_budget_mb``
     and every config field by name (the neuron's as ``neuron__dt`` ...), so ``sklearn.base.clone``,
@@ -99,9 +100,10 @@ class FFNetwork:
     _estimator_type = "classifier"      # scikit-learn < 1.6 (later versions read __sklearn_tags__)
 
     def __init__(self, config: FFConfig | None = None, *, store_budget_mb: float | None = None, **overrides):
-        config = config or FFConfig()
-        self.config = config.replace(**overrides) if overrides else config
+        self.config = config or FFConfig()
         self.store_budget_mb = store_budget_mb
+        if overrides:               # config fields, as set_params takes them (n_steps=..., neuron__dt=...)
+            self.set_params(**overrides)
         self.history_: list[dict] = []
 
     # -- scikit-learn estimator protocol ----------------------------------------------------------

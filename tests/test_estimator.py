@@ -68,6 +68,12 @@ def test_clone_copies_the_hyperparameters_not_the_fit(digits):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(net.predict(digits.X_test[:40]), fitted_clone.predict(digits.X_test[:40]))
     assert is_classifier(net) and "n_steps=6" in repr(net)
+    # the repr is a constructor call giving the same network
+    odd = FFNetwork(TINY, neuron__tau_mem=0.03, store_budget_mb=2.0)
+    assert repr(odd) == ("FFNetwork(hidden_sizes=(30,), n_steps=8, batch_size=40, epochs=1, seed=1, "
+                         "neuron__tau_mem=0.03, store_budget_mb=2.0)")
+    again = eval(repr(odd), {"FFNetwork": FFNetwork})
+    assert again.config == odd.config and again.store_budget_mb == 2.0
 
 
 def test_grid_search_cv_tunes_a_config_field(digits):
