@@ -139,6 +139,17 @@ class FFNetwork:
         return Tags(estimator_type="classifier", target_tags=TargetTags(required=True),
                     classifier_tags=ClassifierTags(), input_tags=InputTags())
 
+    @property
+    def classes_(self) -> np.ndarray:
+        """The class labels, sorted: label channel ``k`` (and output ``k`` of the readout) is class
+        ``classes_[k]``. 0..n_classes-1 unless :meth:`fit` saw other labels."""
+        classes = getattr(self, "_classes", None)
+        return np.arange(self.n_classes_) if classes is None else classes
+
+    @classes_.setter
+    def classes_(self, value):
+        self._classes = None if value is None else np.asarray(value)
+
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "weights_")
 
@@ -175,7 +186,7 @@ class FFNetwork:
         rng = np.random.default_rng(np.random.SeedSequence([c.seed, 0]))
         self.n_features_in_ = int(n_features)
         self.n_classes_ = int(n_classes)
-        self.classes_ = np.arange(self.n_classes_)      # the label values (fit sets those of y)
+        self._classes = None                            # classes_: 0..n_classes-1 (fit sets y's labels)
         sizes = [n_features + n_classes * c.label_repeat, *c.hidden_sizes]
         self.weights_, self.biases_ = [], []
         xp, device = get_backend(c.backend)
