@@ -102,6 +102,11 @@ class DiscreteLIF:
             return float(self.tau_syn), float(self.tau_mem)
         return taus_for(self.a_syn, self.a_mem, dt)
 
+    @property
+    def R(self) -> float:
+        """The membrane's input resistance ``R = 1 / (1 - a_mem)`` of the continuous form."""
+        return 1.0 / (1.0 - self.a_mem)
+
     # -- per-target maps -----------------------------------------------------------------------
     def check_target(self, target: str):
         """Raise ValueError (naming the reason) if ``target`` ("lava", "loihi", "nir") cannot
@@ -147,8 +152,7 @@ class DiscreteLIF:
             raise ValueError("a network without synaptic current (tau_syn = 0) has no exponential-integration "
                              "CubaLIF (tau_syn would be 0); use the euler flavour")
         tau_syn, tau_mem = self.taus_at(dt)
-        r = 1.0 / (1.0 - self.a_mem)
-        return {"tau_syn": tau_syn, "tau_mem": tau_mem, "r": r, "w_in": 1.0, "leak_gain": r}
+        return {"tau_syn": tau_syn, "tau_mem": tau_mem, "r": self.R, "w_in": 1.0, "leak_gain": self.R}
 
 
 @dataclass
