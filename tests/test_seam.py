@@ -183,7 +183,8 @@ def test_lava_float_prediction_through_the_seam_equals_predict_on_the_exported_w
     eng = make_engine("lava", mode="floating_pt", backend="lava", copies=trained.n_classes_)
     G_lava = inference.goodness_per_label(trained, X, engine=eng)
     np.testing.assert_allclose(G_lava, exported.goodness_per_label(X), rtol=1e-10, atol=1e-12)
-    np.testing.assert_array_equal(inference.predict(trained, X, "goodness", engine=eng), exported.predict(X, "goodness"))
+    np.testing.assert_array_equal(inference.predict(trained, X, "goodness", engine=eng),
+                                  exported.predict(X, "goodness"))
 
 
 def test_lava_engine_is_inference_only(trained):
@@ -213,7 +214,8 @@ def test_per_target_maps_of_the_model():
     assert math.exp(-2e-3 / ts) == pytest.approx(lif.a_syn, rel=1e-12)
     assert math.exp(-2e-3 / tm) == pytest.approx(lif.a_mem, rel=1e-12)
     e = lif.nir_parameters(1e-4, "euler")
-    assert 1 - 1e-4 / e["tau_mem"] == pytest.approx(lif.a_mem, rel=1e-12) and e["r"] == pytest.approx(e["tau_mem"] / 1e-4)
+    assert 1 - 1e-4 / e["tau_mem"] == pytest.approx(lif.a_mem, rel=1e-12)
+    assert e["r"] == pytest.approx(e["tau_mem"] / 1e-4)
     x = lif.nir_parameters(1e-3, "exact")
     assert x["r"] == lif.R == pytest.approx(1 / (1 - lif.a_mem)) and x["w_in"] == 1.0
     with pytest.raises(ValueError, match="euler"):
