@@ -119,12 +119,14 @@ def main(argv=None):
                 **fx_np["saturation"][l],
             })
         # Lava's own goodness decisions on the subset (fixed and float)
-        mask = net._layer_mask()
+        from spikeff.engines.base import PhaseResult
+        from spikeff.inference import goodness_decision
+        goodness = net._model()[1]
         dec = {}
         for name, runs in (("fixed_pt", lava_fx), ("floating_pt", lava_fl)):
-            G = np.stack([np.stack([g.mean(axis=1) for g in lx._neuron_goodness(net, r["v"])], axis=1)
+            G = np.stack([np.stack(PhaseResult.from_potentials(r["v"], goodness).goodness, axis=1)
                           for r in runs])                               # (n, C, L)
-            dec[name] = np.argmax(G[:, :, mask].sum(axis=2), axis=1)
+            dec[name] = goodness_decision(G, net._layer_mask())
         p_float = net.predict(X[:n], "goodness")
         p_fixed_np = lx.predict(net, X[:n], "goodness", "fixed_pt", q, "numpy")
         val["decisions"] = {"lava_fixed": dec["fixed_pt"].tolist(), "numpy_fixed": p_fixed_np.tolist(),

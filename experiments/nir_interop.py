@@ -40,6 +40,7 @@ from spikeff import FFNetwork, load_config  # noqa: E402
 from spikeff.data import load_digits_dataset  # noqa: E402
 from spikeff.export import interop as io  # noqa: E402
 from spikeff.export import nir as nx  # noqa: E402
+from spikeff.inference import goodness_decision  # noqa: E402
 from spikeff.runs import provenance, write_json  # noqa: E402
 
 SIZES = {"small": {"hidden_sizes": (60, 40), "epochs": 2, "n_train": 400, "n_test": 20, "n_lava": 2},
@@ -66,7 +67,7 @@ def compare(net, graph, importer, dt, float64, ref, X, y, acc_ref):
            "output_spike_count_correlation": float(np.corrcoef(rec["spikes"][-1].sum(axis=0).ravel(),
                                                                ref.record["spikes"][-1].sum(axis=0).ravel())[0, 1])}
     G = io.goodness_per_label(net, graph, importer, X, dt, float64)
-    pred = np.argmax(G[:, :, net._layer_mask()].sum(axis=2), axis=1)
+    pred = goodness_decision(G, net._layer_mask())
     row["accuracy_goodness"] = float(np.mean(pred == y))
     row["accuracy_minus_spikeff_points"] = 100.0 * (row["accuracy_goodness"] - acc_ref["accuracy"])
     row["decisions_equal_to_spikeff"] = float(np.mean(pred == acc_ref["pred"]))
@@ -159,7 +160,7 @@ def main(argv=None):
     X, y = d.X_test[:n_test], d.y_test[:n_test]
     ref = net.simulate(X, labels=y, record=True)
     G = net.goodness_per_label(X)
-    pred = np.argmax(G[:, :, net._layer_mask()].sum(axis=2), axis=1)
+    pred = goodness_decision(G, net._layer_mask())
     acc_ref = {"accuracy": float(np.mean(pred == y)), "pred": pred}
     print(f"spikeff float64: accuracy {acc_ref['accuracy']:.4f} on {n_test} test samples, rates "
           f"{['%.4f' % r for r in io.firing_rates(ref.record['spikes'])]}", flush=True)

@@ -15,13 +15,13 @@ from .backend import BACKENDS
 from .encoding import ENCODINGS
 from .engines import available_engines
 from .goodness import available_goodness
+from .inference import METHODS as PREDICT_METHODS
 from .learning import LOSSES, LR_SCHEDULES, OPTIMIZERS
 from .negatives import NEGATIVES
 from .units import parse_quantity
 
 # choices that only the network itself implements (the others come from their modules' registries)
 NORMALIZATIONS = ("none", "length")
-PREDICT_METHODS = ("goodness", "readout")
 DTYPES = ("float32", "float64")
 GOODNESS_LAYERS = ("all", "skip_first")
 SECTIONS = ("network", "encoding", "goodness", "training")   # TOML tables that only group keys
@@ -73,17 +73,8 @@ def _check_pos(value, name, allow_zero=False):
 
 @dataclass(frozen=True)
 class NeuronConfig:
-    """Current-based LIF neuron (all layers share it). Times in s, potentials in mV.
-
-    Continuous model (what Brian2 shows)::
-
-        tau_syn du/dt = -u                      (+ w on each presynaptic spike, one step late;
-                                                 tau_syn = 0: no synaptic current, u = W x[t-1])
-        tau_mem dv/dt = -v + R (u + b),   R = 1/(1 - exp(-dt/tau_mem)) ~ tau_mem/dt
-        v > v_threshold  ->  spike, v = v_reset, held for `refractory`
-
-    Potentials are measured from rest (v_rest = 0 mV), as in Lava. The exact discrete update is
-    in :mod:`spikeff.neuron`.
+    """Current-based LIF neuron (all layers share it). Times in s, potentials in mV, measured from
+    rest. The model (continuous and discrete form) is written once, in :mod:`spikeff.neuron`.
     """
 
     dt: float = 1e-3

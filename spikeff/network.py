@@ -26,10 +26,11 @@ import time
 
 import numpy as np
 
-from .config import PREDICT_METHODS, FFConfig
+from .config import FFConfig
 from .backend import get_backend, to_backend
 from .data import DataError, check_X, check_X_labels, check_y_shape, fit_classes
 from .encoding import NEUTRAL, ArraySource, ConcatSource, SpikeSource, overlay_labels
+from . import inference
 from .engines import make_engine
 from .goodness import get_goodness
 from .learning import ff_loss, lr_factor, make_optimizer
@@ -162,6 +163,11 @@ class FFNetwork:
         return f"FFNetwork({', '.join(changed)})"
 
     # -- set-up ------------------------------------------------------------------------------
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_model_cache", None)      # resolved again on use (its goodness holds lambdas)
+        return state
+
     @property
     def dtype(self):
         return np.dtype(self.config.dtype)
@@ -173,7 +179,29 @@ class FFNetwork:
 
     @property
     def lif(self) -> DiscreteLIF:
-        return DiscreteLIF.from_config(self.config.neuron)
+        """The per-step model (:class:`~spikeff.neuron.DiscreteLIF`) of ``config.neuron``, built
+        once per config (see :meth:`_model`)."""
+        return self._model()[0]
+
+    def _model(self):
+        """``(DiscreteLIF, Goodness)`` of the current config: resolved once and kept until
+        ``config`` is replaced, not rebuilt per phase or per access."""
+        c = self.config
+        cached = getattr(self, "_model_cache", None)
+        if cached is None or cached[0] is not c:
+            cached = (c, DiscreteLIF.from_config(c.neuron), get_goodness(c.goodness))
+            self._model_cache = cached
+        return cached[1], cached[2]
+
+    def effective_biases(self, numpy: bool = False) -> list:
+        """The biases the model applies (the one place of the ``learn_bias`` rule): ``biases_``
+        when ``config.learn_bias``, else none. ``numpy``: float64 numpy arrays, zeros for no bias
+        (what the exporters write); else the network's own arrays, None for no bias (engines)."""
+        from .backend import to_numpy
+        if numpy:
+            return [np.asarray(to_numpy(b), np.float64) if self.config.learn_bias else np.zeros(np.shape(b))
+                    for b in self.biases_]
+        return list(self.biases_) if self.config.learn_bias else [None] * len(self.biases_)
 
     def _check_fitted(self):
         if not hasattr(self, "weights_"):
@@ -305,23 +333,28 @@ class FFNetwork:
         d.threads_ = getattr(self, "threads_", None)
         return d
 
-    def _run(self, source, modulators=None, record=False, keep=None):
+    def _run(self, source, modulators=None, record=False, keep=None, engine=None):
+        """Simulate one phase on ``source`` with this model's engine, or with ``engine`` (any
+        callable of :class:`spikeff.engines.base.Engine`'s signature, e.g. the Lava engine of
+        :func:`spikeff.engines.make_engine`; conv layers run as their dense expansion there)."""
         c = self.config
-        biases = self.biases_ if c.learn_bias else [None] * len(self.weights_)
         kw = {"normalize": True} if c.normalization == "length" else {}
         if c.has_conv:
-            if c.engine != "vectorized":      # e.g. Brian2: the equivalent dense network
+            if c.engine != "vectorized" or engine is not None:   # e.g. Brian2: the equivalent dense network
                 if modulators is not None:
                     raise ValueError(f"engine {c.engine!r} runs conv layers as their dense expansion, "
                                      "without learning: train with engine = 'vectorized'")
-                return self.dense_network()._run(source, record=record)
+                return self.dense_network()._run(source, record=record, engine=engine)
             from .engines.conv import run_phase            # replays (no store) for conv layers
             kw["geometries"] = self.geometries
+        elif engine is not None:
+            run_phase = engine
         else:
             run_phase = self._engine()
             if keep is not None:
                 kw["keep"] = keep
-        return run_phase(self.weights_, biases, self.lif, get_goodness(c.goodness), source,
+        lif, goodness = self._model()
+        return run_phase(self.weights_, self.effective_biases(), lif, goodness, source,
                          c.chunk_steps, modulators=modulators, record=record, **kw)
 
     def simulate(self, X, labels=None, seed: int = 0, record: bool = True):
@@ -373,12 +406,10 @@ class FFNetwork:
     def goodness_per_label(self, X, seed: int = 0) -> np.ndarray:
         """Goodness of every candidate label, shape (n_samples, n_classes, n_layers).
 
-        All candidate labels of a sample see the same image spikes.
+        All candidate labels of a sample see the same image spikes
+        (:func:`spikeff.inference.goodness_per_label`, with this model's engine).
         """
-        C, L = getattr(self, "n_classes_", 0), len(getattr(self, "weights_", []))
-        out = [np.stack(self._run(src).goodness, axis=1).reshape(n, C, -1)
-               for n, src in self.label_sources(X, seed)]
-        return np.concatenate(out) if out else np.zeros((0, C, L))
+        return inference.goodness_per_label(self, X, seed)
 
     def _layer_mask(self):
         L = len(self.weights_)
@@ -388,24 +419,14 @@ class FFNetwork:
 
     def readout_features(self, X, seed: int = 0) -> np.ndarray:
         """Unit-normalised per-neuron goodness of every layer with the neutral label (readout input)."""
-        return np.concatenate([readout_features(self._run(src).neuron_goodness)
-                               for _, src in self.neutral_sources(X, seed)])
+        return inference.readout_features(self, X, seed)
 
     # -- prediction ----------------------------------------------------------------------------
     def predict(self, X, method: str | None = None) -> np.ndarray:
         """Predicted labels. ``method``: "goodness" (try every label, highest summed goodness
         wins) or "readout" (one pass with the neutral label and the linear readout)."""
-        method = method or self.config.predict_method
-        X = self._input(X)
-        if method == "goodness":
-            scores = self.goodness_per_label(X)[:, :, self._layer_mask()].sum(axis=2)
-            return self.classes_[np.argmax(scores, axis=1)]
-        if method == "readout":
-            self._check_fitted()
-            if self.readout_ is None:
-                raise ValueError("method='readout' needs a network trained with readout = true")
-            return self.classes_[self.readout_.predict(self.readout_features(X))]
-        raise ValueError(f"method: {method!r} is not valid; choose one of {list(PREDICT_METHODS)}")
+        positions = inference.predict(self, X, method)         # checks that the network is fitted
+        return self.classes_[positions]
 
     def score(self, X, y, method: str | None = None) -> float:
         """Accuracy on (X, y)."""
@@ -423,7 +444,7 @@ class FFNetwork:
             neutral = np.full(len(X), NEUTRAL)
             return neutral, hybrid_images(X, rng), neutral
         if c.negatives == "hard":
-            scores = self.goodness_per_label(X, seed=seed[-1])[:, :, self._layer_mask()].sum(axis=2)
+            scores = inference.label_scores(self.goodness_per_label(X, seed=seed[-1]), self._layer_mask())
             return y, X, hard_wrong_labels(y, scores, rng)
         if c.negatives == "readout_hard":
             if readout_logits is None:

@@ -1,25 +1,40 @@
-"""The one definition of spikeff's neuron model, in discrete time.
+"""The one definition of spikeff's neuron model, and of how each simulator's parameters map to it.
 
-Per layer, per sample, time steps t = 0 .. T-1, presynaptic spikes x (one step of synaptic delay,
-x[-1] = 0)::
+**Continuous form** (potentials in mV from rest, v_rest = 0, as in Lava; times in s)::
+
+    tau_syn du/dt = -u                 + w on each presynaptic spike, one step late
+                                       (tau_syn = 0: no synaptic current, u = W x[t-1])
+    tau_mem dv/dt = -v + R (u + b),    R = 1 / (1 - exp(-dt/tau_mem))   (about tau_mem/dt)
+    v > v_threshold  ->  spike;  v = v_reset, held there for `refractory`
+
+**Discrete form** (what every engine runs). Per layer, per sample, time steps t = 0 .. T-1,
+presynaptic spikes x (one step of synaptic delay, x[-1] = 0)::
 
     u[t] = a_syn * u[t-1] + W @ x[t-1]          a_syn = exp(-dt / tau_syn)   (0 when tau_syn = 0)
     v[t] = a_mem * v[t-1] + u[t] + b            a_mem = exp(-dt / tau_mem)
     s[t] = v[t] > v_threshold
     v[t] = v_reset            where s[t]   (and held there for `refractory` steps)
 
-This is exactly Lava's floating-point LIF behind a Dense synapse (Lava: du = 1 - a_syn,
-dv = 1 - a_mem, bias_mant = b, vth = v_threshold, reset to 0). It is the exact solution over
-one step of ``tau_syn du/dt = -u`` and ``tau_mem dv/dt = -v + R (u + b)`` with
-``R = 1 / (1 - a_mem)`` (about tau_mem/dt) and u updated first, then held over the step: the
-order the Brian2 engine runs. Goodness reads the *pre-reset* potential v[t]
-(before the spike resets it), so a strongly driven neuron has high goodness.
+The discrete form is the exact solution of the continuous one over one step with u updated first,
+then held over the step (the order the Brian2 engine runs). Goodness reads the *pre-reset*
+potential v[t] (before the spike resets it), so a strongly driven neuron has high goodness.
+Other modules (config, engines, exporters) refer here instead of restating the equations.
 
-Everything here is a pure function of arrays. :func:`lif_step` advances one step (the reference
-form); the vectorized engine uses the equivalent chunked forms below: :func:`trace_filter` (the
-linear part, ``u = W @ e_u``, as one small causal filter over a chunk) and :func:`lif_scan` (the
-nonlinear membrane recurrence over a chunk, in place); :func:`trace_scan` is the in-place form
-of the filter that the numpy path uses.
+**Per-target maps** (methods of :class:`DiscreteLIF`, the one place each target's parameters come
+from; :meth:`DiscreteLIF.check_target` says what a target cannot express):
+
+- Lava floating point (:meth:`~DiscreteLIF.lava_float`): ``du = 1 - a_syn``, ``dv = 1 - a_mem``,
+  ``vth = v_threshold``, reset to 0: exactly the discrete form above behind a Dense synapse;
+- Loihi / Lava fixed point (:meth:`~DiscreteLIF.lava_fixed`, :func:`fixed_decay_factors`):
+  12-bit ``du``, ``dv`` with Lava's decay ``x * (4096 - d) >> 12`` (``du`` offset by 1);
+- NIR's CubaLIF at a time step ``dt`` and flavour (:meth:`~DiscreteLIF.nir_parameters`,
+  :meth:`~DiscreteLIF.taus_at`).
+
+Everything else here is a pure function of arrays. :func:`lif_step` advances one step (the
+reference form); the vectorized engine uses the equivalent chunked forms below:
+:func:`trace_filter` (the linear part, ``u = W @ e_u``, as one small causal filter over a chunk)
+and :func:`lif_scan` (the nonlinear membrane recurrence over a chunk, in place); :func:`trace_scan`
+is the in-place form of the filter that the numpy path uses.
 """
 from __future__ import annotations
 
@@ -31,13 +46,35 @@ import numpy as np
 from .config import NeuronConfig
 
 
+# Lava / Loihi 2 fixed-point decays (lava/proc/lif/models.py): x <- x * (4096 - d) >> 12, with
+# d = du + 1 for the current and d = dv for the voltage (12-bit unsigned du, dv)
+LOIHI_DECAY_BITS = 12
+LOIHI_DECAY_UNITY = 2 ** LOIHI_DECAY_BITS
+LOIHI_DU_OFFSET = 1
+NIR_FLAVOURS = ("euler", "exact")
+TARGETS = ("lava", "loihi", "nir")
+
+
+def fixed_decay_factors(du: int, dv: int) -> tuple[int, int]:
+    """Lava's fixed-point decay factors of ``u`` and ``v`` for 12-bit ``du``, ``dv`` (out of 4096):
+    the per-step decays are ``factor / 4096``."""
+    return LOIHI_DECAY_UNITY - (int(du) + LOIHI_DU_OFFSET), LOIHI_DECAY_UNITY - int(dv)
+
+
+def taus_for(a_syn: float, a_mem: float, dt: float) -> tuple[float, float]:
+    """``(tau_syn, tau_mem)`` whose exact per-step decays at ``dt`` are ``a_syn``, ``a_mem``
+    (``tau_syn = 0`` for ``a_syn = 0``): the inverse of ``a = exp(-dt / tau)``."""
+    return (-dt / math.log(a_syn) if a_syn else 0.0), -dt / math.log(a_mem)
+
+
 @dataclass(frozen=True)
 class DiscreteLIF:
-    """Per-step constants of the LIF model, derived from a :class:`NeuronConfig`.
+    """Per-step constants of the LIF model, derived from a :class:`NeuronConfig` (see the module
+    docstring), and their maps to each simulator's parameters.
 
     ``dt``, ``tau_syn`` and ``tau_mem`` (seconds) are the continuous parameters the per-step
-    constants came from; engines that keep physical time (Brian2) read them, the discrete update
-    itself only uses ``a_syn`` and ``a_mem``.
+    constants came from: the Brian2 engine's clock is ``dt``, and :meth:`taus_at` gives these
+    time constants back at the model's own ``dt`` (no round trip through a logarithm).
     """
 
     a_syn: float
@@ -56,6 +93,66 @@ class DiscreteLIF:
                    v_threshold=float(neuron.v_threshold), v_reset=float(neuron.v_reset),
                    refractory_steps=int(round(neuron.refractory / neuron.dt)),
                    dt=float(neuron.dt), tau_syn=float(neuron.tau_syn), tau_mem=float(neuron.tau_mem))
+
+    # -- continuous time constants -------------------------------------------------------------
+    def taus_at(self, dt: float) -> tuple[float, float]:
+        """``(tau_syn, tau_mem)`` whose exact per-step decays at time step ``dt`` are ``a_syn``,
+        ``a_mem`` (``tau_syn = 0`` when ``a_syn = 0``); the model's own at its ``dt``."""
+        if dt == self.dt:
+            return float(self.tau_syn), float(self.tau_mem)
+        return taus_for(self.a_syn, self.a_mem, dt)
+
+    @property
+    def R(self) -> float:
+        """The membrane's input resistance ``R = 1 / (1 - a_mem)`` of the continuous form."""
+        return 1.0 / (1.0 - self.a_mem)
+
+    # -- per-target maps -----------------------------------------------------------------------
+    def check_target(self, target: str):
+        """Raise ValueError (naming the reason) if ``target`` ("lava", "loihi", "nir") cannot
+        express this neuron."""
+        if target not in TARGETS:
+            raise ValueError(f"target: {target!r} is not valid; choose one of {list(TARGETS)}")
+        if target in ("lava", "loihi"):
+            if self.v_reset != 0:
+                raise ValueError(f"Lava's LIF resets to 0; this network has v_reset = {self.v_reset}")
+            if self.refractory_steps:
+                raise ValueError("Lava's LIF has no refractory period; this network has "
+                                 f"{self.refractory_steps} refractory steps")
+        elif self.refractory_steps:
+            raise ValueError(f"neuron.refractory = {self.refractory_steps * self.dt:.6g} s "
+                             f"({self.refractory_steps} steps): NIR's CubaLIF has no refractory period, so no "
+                             "NIR simulator would run this network as spikeff does; export needs "
+                             "neuron.refractory = 0")
+
+    def lava_float(self) -> dict:
+        """Lava ``LIF`` parameters in floating point (``floating_pt``): du, dv, vth (mV)."""
+        return {"du": 1.0 - self.a_syn, "dv": 1.0 - self.a_mem, "vth": float(self.v_threshold)}
+
+    def lava_fixed(self) -> dict:
+        """Lava ``LIF`` decays in fixed point (``fixed_pt``): 12-bit integers du, dv (the nearest
+        to ``a_syn``, ``a_mem``; :func:`fixed_decay_factors` gives the decays they apply)."""
+        top = LOIHI_DECAY_UNITY - 1
+        du = int(np.clip(round(LOIHI_DECAY_UNITY * (1.0 - self.a_syn)) - LOIHI_DU_OFFSET, 0, top))
+        dv = int(np.clip(round(LOIHI_DECAY_UNITY * (1.0 - self.a_mem)), 0, top))
+        return {"du": du, "dv": dv}
+
+    def nir_parameters(self, dt: float, flavour: str = "euler") -> dict:
+        """NIR ``CubaLIF`` time constants, ``r`` and ``w_in`` describing these per-step decays at
+        time step ``dt``, and ``leak_gain`` (``v_leak = leak_gain * b``); see
+        :mod:`spikeff.export.nir` for the flavours (``euler``: forward Euler at ``dt``; ``exact``:
+        exponential integration)."""
+        if flavour not in NIR_FLAVOURS:
+            raise ValueError(f"flavour: {flavour!r} is not valid; choose one of {list(NIR_FLAVOURS)}")
+        if flavour == "euler":             # a_syn = 0 (no synaptic current): tau_syn = dt, I = w_in W x
+            tau_syn, tau_mem = dt / (1.0 - self.a_syn), dt / (1.0 - self.a_mem)
+            return {"tau_syn": tau_syn, "tau_mem": tau_mem, "r": tau_mem / dt, "w_in": tau_syn / dt,
+                    "leak_gain": tau_mem / dt}
+        if self.a_syn == 0:
+            raise ValueError("a network without synaptic current (tau_syn = 0) has no exponential-integration "
+                             "CubaLIF (tau_syn would be 0); use the euler flavour")
+        tau_syn, tau_mem = self.taus_at(dt)
+        return {"tau_syn": tau_syn, "tau_mem": tau_mem, "r": self.R, "w_in": 1.0, "leak_gain": self.R}
 
 
 @dataclass

@@ -300,7 +300,8 @@ def make_run_figures(run_dir, out_dir=None, n_samples: int = 300, sample: int = 
         save(plot_conv_kernels(net.weights_[0], net.geometries[0]), "receptive_fields.png")
     else:
         save(plot_receptive_fields(net.weights_[0], shape), "receptive_fields.png")
-    pred = np.argmax(gpl[:, :, net._layer_mask()].sum(axis=2), axis=1)
+    from .inference import goodness_decision
+    pred = goodness_decision(gpl, net._layer_mask())
     save(plot_confusion_matrix(y, pred, net.n_classes_, title="goodness"), "confusion_goodness.png")
     if net.readout_ is not None:
         save(plot_confusion_matrix(y, net.predict(X, method="readout"), net.n_classes_, title="readout"),

@@ -1,19 +1,24 @@
-"""Simulation engines behind one function signature (see :func:`vectorized.run_phase`).
+"""Simulation engines behind one call (:class:`spikeff.engines.base.Engine`; results:
+:class:`~spikeff.engines.base.PhaseResult`; input: a :class:`~spikeff.engines.base.SpikeSource`).
 
-Engines are looked up by name; optional ones are imported only when asked for.
+Engines are looked up by name; optional ones are imported only when asked for. ``vectorized`` and
+``brian2`` train and infer (``config.engine``); ``lava`` (Lava's float and fixed point, and the
+numpy model of the fixed point) runs inference only, through :mod:`spikeff.inference`.
 """
 from __future__ import annotations
 
 import importlib
 
 _ENGINES = {"vectorized": "spikeff.engines.vectorized", "brian2": "spikeff.engines.brian2_engine"}
+INFERENCE_ENGINES = {"lava": "spikeff.engines.lava"}      # no learning: not a config.engine choice
 
 
 def _module(name: str):
-    if name not in _ENGINES:
-        raise ValueError(f"engine: {name!r} is not valid; choose one of {sorted(_ENGINES)}")
+    modules = {**_ENGINES, **INFERENCE_ENGINES}
+    if name not in modules:
+        raise ValueError(f"engine: {name!r} is not valid; choose one of {sorted(modules)}")
     try:
-        module = importlib.import_module(_ENGINES[name])
+        module = importlib.import_module(modules[name])
     except ModuleNotFoundError as e:
         raise ImportError(f"engine {name!r} is not available: {e}") from None
     return module
@@ -29,9 +34,14 @@ def get_engine(name: str):
     return _module(name).run_phase
 
 
-def make_engine(name: str):
+def make_engine(name: str, **options):
     """A ``run_phase`` callable of engine ``name`` for one model: engines that keep state between
-    calls (Brian2's persistent network) give a new instance (``make_engine()`` of their module),
-    the others their ``run_phase``."""
+    calls (Brian2's persistent network) or take ``options`` (Lava's ``mode``, ``quant``,
+    ``backend``) give a new instance (``make_engine(**options)`` of their module), the others
+    their ``run_phase``."""
     module = _module(name)
-    return module.make_engine() if hasattr(module, "make_engine") else module.run_phase
+    if hasattr(module, "make_engine"):
+        return module.make_engine(**options)
+    if options:
+        raise TypeError(f"engine {name!r} takes no options, got {sorted(options)}")
+    return module.run_phase

@@ -79,7 +79,7 @@ import numpy as np
 
 from ..goodness import Goodness
 from ..neuron import DiscreteLIF
-from .vectorized import PhaseResult
+from .base import PhaseResult
 
 TARGETS = ("numpy", "cython", "cpp_standalone")
 TARGET = os.environ.get("SPIKEFF_BRIAN2_TARGET", "numpy")

@@ -29,7 +29,7 @@ from ..backend import astype, namespace, to_backend, to_numpy
 from ..goodness import Goodness
 from ..layers import Geometry, im2col, pool_spikes
 from ..neuron import DiscreteLIF, bias_trace, lif_scan, lif_scan_xp, trace_filter, trace_scan
-from .vectorized import PhaseResult
+from .base import PhaseResult
 
 MAX_ELEMENTS = 1 << 23     # patch entries per im2col block (32 MB in float32)
 

@@ -40,25 +40,14 @@ tests), so the whole phase runs there.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..backend import astype, device_of, dtype_name, namespace, to_backend, to_numpy
 from ..goodness import Goodness
 from ..neuron import DiscreteLIF, bias_trace, lif_scan, lif_scan_xp, trace_filter, trace_scan
-
-
-@dataclass
-class PhaseResult:
-    """What one simulated phase returns (per layer lists; numpy arrays except ``grads``)."""
-
-    goodness: list                      # (B,) float64: G of each layer
-    neuron_goodness: list               # (B, N): mean over time of g(v) per neuron
-    spike_counts: list                  # (B, N)
-    grads: list | None = None           # [(dW (N, M), db (N,))] when modulators were given (weights' namespace)
-    record: dict = field(default_factory=dict)   # "input" (T,B,M), "spikes"/"v" lists of (T,B,N)
-    stored: "StoredFactors | None" = None        # with keep=rows: what grads_from_store needs
+from .base import PhaseResult, SpikeSource  # noqa: F401  (re-exported: engines import PhaseResult from here too)
 
 
 @dataclass

@@ -15,13 +15,34 @@ from __future__ import annotations
 __all__ = ["lava", "nir", "interop"]
 
 
-def check_exportable(net):
-    """A fitted network whose layers are plain Dense + LIF chains (what Lava and NIR describe)."""
+class ExportError(ValueError):
+    """A network that an export target cannot describe."""
+
+
+class NIRError(ExportError):
+    """A network that NIR cannot describe, or a NIR graph that spikeff cannot represent
+    (also :class:`spikeff.export.nir.NIRError`)."""
+
+
+_ERRORS = {"nir": NIRError}
+
+
+def check_exportable(net, target: str | None = None):
+    """Raise if ``net`` cannot run on ``target`` ("lava", "loihi", "nir"; None: any of them): it
+    must be fitted, without length normalisation (Lava's Dense + LIF and NIR's Linear + CubaLIF
+    cannot express it), and its neuron must fit the target
+    (:meth:`spikeff.neuron.DiscreteLIF.check_target`). The one place these rules live."""
     net._check_fitted()
+    error = _ERRORS.get(target, ExportError)
     if net.config.normalization != "none":
-        raise ValueError(f"normalization = {net.config.normalization!r} scales each layer's input by the "
-                         "number of spikes of the layer below at every step, which Lava's Dense + LIF and "
-                         "NIR's Linear + CubaLIF cannot express; export needs normalization = 'none'")
+        raise error(f"normalization = {net.config.normalization!r} scales each layer's input by the "
+                    "number of spikes of the layer below at every step, which Lava's Dense + LIF and "
+                    "NIR's Linear + CubaLIF cannot express; export needs normalization = 'none'")
+    if target is not None:
+        try:
+            net.lif.check_target(target)
+        except ValueError as e:
+            raise error(str(e)) from None
 
 
 def __getattr__(name):  # lazy submodules: ``spikeff.export.lava`` without importing lava itself

@@ -6,10 +6,9 @@ also a ``Delay`` node ``delay{l}`` before each ``fc{l}``).
 
 NIR's CubaLIF is continuous (``tau_syn dI/dt = -I + w_in S``, ``tau_mem dv/dt = (v_leak - v) + r I``,
 spike when ``v > v_threshold``, then ``v = v_reset``) and carries no time step: every simulator
-discretizes it in its own way. spikeff's discrete model (:mod:`spikeff.neuron`), with per-step decays
-``a_syn``, ``a_mem``::
-
-    u[t] = a_syn u[t-1] + W x[t-1]        v[t] = a_mem v[t-1] + u[t] + b
+discretizes it in its own way. spikeff's model is the discrete one of :mod:`spikeff.neuron` (per-step
+decays ``a_syn``, ``a_mem``); :meth:`spikeff.neuron.DiscreteLIF.nir_parameters` maps it to CubaLIF
+parameters at a ``dt`` and flavour.
 
 Flavours (how the per-step model is written as continuous parameters, at time step ``dt``):
 
@@ -54,7 +53,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import check_exportable
+from . import NIRError, check_exportable  # noqa: F401  (NIRError: defined with the other export errors)
+from ..neuron import DiscreteLIF, taus_for
 
 NIR_INSTALL_HINT = "pip install spikeff[nir]"
 FLAVOURS = ("euler", "exact")
@@ -62,10 +62,6 @@ DELAYS = ("none", "node")
 SNNTORCH_DT = 1e-4      # snnTorch 1.0's export_to_nir and import_from_nir hard-code dt = 1e-4 s
 NORSE_DT = 1e-3         # Norse 1.1's to_nir / from_nir default dt
 CONVENTIONS = ("auto", "euler", "exact", "norse")
-
-
-class NIRError(ValueError):
-    """A network that NIR cannot describe, or a NIR graph that spikeff cannot represent."""
 
 
 def require_nir():
@@ -106,18 +102,14 @@ def default_dt(net, flavour: str) -> float:
 # -- the two conversions between spikeff's per-step constants and CubaLIF parameters ---------------
 def cuba_parameters(a_syn: float, a_mem: float, dt: float, flavour: str) -> dict:
     """CubaLIF time constants, ``r`` and ``w_in`` for spikeff's per-step decays at ``dt``, and
-    ``leak_gain`` (``v_leak = leak_gain * b``)."""
+    ``leak_gain`` (``v_leak = leak_gain * b``): :meth:`spikeff.neuron.DiscreteLIF.nir_parameters`."""
     _check_choice("flavour", flavour, FLAVOURS)
-    if flavour == "euler":             # a_syn = 0 (no synaptic current): tau_syn = dt, I = w_in W x
-        tau_syn, tau_mem = dt / (1.0 - a_syn), dt / (1.0 - a_mem)
-        return {"tau_syn": tau_syn, "tau_mem": tau_mem, "r": tau_mem / dt, "w_in": tau_syn / dt,
-                "leak_gain": tau_mem / dt}
-    if a_syn == 0:
-        raise NIRError("a network without synaptic current (tau_syn = 0) has no exponential-integration CubaLIF "
-                       "(tau_syn would be 0); use the euler flavour")
-    r = 1.0 / (1.0 - a_mem)
-    return {"tau_syn": -dt / math.log(a_syn), "tau_mem": -dt / math.log(a_mem), "r": r, "w_in": 1.0,
-            "leak_gain": r}
+    lif = DiscreteLIF(a_syn=float(a_syn), a_mem=float(a_mem), v_threshold=1.0, v_reset=0.0, refractory_steps=0,
+                      dt=math.nan)                 # no time constants of its own: they come from the decays
+    try:
+        return lif.nir_parameters(dt, flavour)
+    except ValueError as e:
+        raise NIRError(str(e)) from None
 
 
 def discrete_parameters(tau_syn, tau_mem, r, w_in, dt: float, convention: str) -> dict:
@@ -158,24 +150,20 @@ def to_nir(net, dt: float | None = None, flavour: str = "euler", delay: str = "n
     nir = require_nir()
     _check_choice("flavour", flavour, FLAVOURS)
     _check_choice("delay", delay, DELAYS)
-    check_exportable(net)
+    check_exportable(net, "nir")
     if net.config.has_conv:  # Conv2d / SumPool2d / Flatten nodes (spikeff.export.nir_conv: exact convention)
         from .nir_conv import to_nir_conv
         return to_nir_conv(net, dt)
     c, lif = net.config, net.lif
-    if lif.refractory_steps:
-        raise NIRError(f"neuron.refractory = {c.neuron.refractory} s ({lif.refractory_steps} steps): NIR's "
-                       "CubaLIF has no refractory period, so no NIR simulator would run this network as "
-                       "spikeff does; export needs neuron.refractory = 0")
     dt = _check_dt(default_dt(net, flavour) if dt is None else dt)
-    p = cuba_parameters(lif.a_syn, lif.a_mem, dt, flavour)
-    if flavour == "exact" and dt == c.neuron.dt:    # the config's own time constants (no log round trip)
-        p["tau_syn"], p["tau_mem"] = float(c.neuron.tau_syn), float(c.neuron.tau_mem)
+    try:
+        p = lif.nir_parameters(dt, flavour)        # at the model's own dt: the config's time constants
+    except ValueError as e:
+        raise NIRError(str(e)) from None
     nodes = {"input": nir.Input(input_type={"input": np.array([net.weights_[0].shape[1]])})}
     edges, prev = [], "input"
-    for l, (W, b) in enumerate(zip(net.weights_, net.biases_)):
+    for l, (W, b) in enumerate(zip(net.weights_, net.effective_biases(numpy=True))):
         N, M = W.shape
-        b = np.asarray(b, np.float64) if c.learn_bias else np.zeros(N)
         if delay == "node":
             nodes[f"delay{l}"] = nir.Delay(delay=np.full(M, dt))
             edges.append((prev, f"delay{l}"))
@@ -360,8 +348,8 @@ def import_nir(source, dt: float | None = None, convention: str = "auto", n_clas
     # spikeff's own dt: the model's (spikeff graphs: the encoding's spike probabilities depend on it), with
     # time constants that give the same per-step decays
     dt_model = float(meta.get("model_dt", dt)) if spikeff_made else dt
-    neuron = NeuronConfig(dt=dt_model, tau_syn=-dt_model / math.log(a_syn) if a_syn else 0.0,
-                          tau_mem=-dt_model / math.log(a_mem),
+    tau_syn_model, tau_mem_model = taus_for(a_syn, a_mem, dt_model)
+    neuron = NeuronConfig(dt=dt_model, tau_syn=tau_syn_model, tau_mem=tau_mem_model,
                           v_threshold=v_threshold, v_reset=v_reset)
     if spikeff_made:
         n_classes = int(meta.get("n_classes", 0)) if n_classes is None else n_classes

@@ -30,14 +30,11 @@ def to_nir_conv(net, dt: float | None = None):
     dt = float(c.neuron.dt if dt is None else dt)
     if not (dt > 0 and math.isfinite(dt)):
         raise ValueError(f"dt must be a finite time in seconds > 0, got {dt!r}")
-    if dt == c.neuron.dt:
-        tau_syn, tau_mem = float(c.neuron.tau_syn), float(c.neuron.tau_mem)
-    else:                    # the same per-step decays described at another dt
-        tau_syn, tau_mem = -dt / math.log(lif.a_syn), -dt / math.log(lif.a_mem)
-    r = 1.0 / (1.0 - lif.a_mem)
+    tau_syn, tau_mem = lif.taus_at(dt)      # the same per-step decays described at dt
+    r = lif.R
     geos = net.geometries
     W = [np.asarray(w, np.float64) for w in net.weights_]
-    b = [np.asarray(x, np.float64) if c.learn_bias else np.zeros(x.shape) for x in net.biases_]
+    b = net.effective_biases(numpy=True)
 
     def cuba(shape, bias):
         full = lambda v: np.full(shape, float(v))      # noqa: E731

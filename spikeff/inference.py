@@ -1,0 +1,57 @@
+"""Inference of a fitted :class:`~spikeff.network.FFNetwork` through any engine: the one place
+that turns simulated phases into goodness per label, readout features and class decisions.
+
+``engine`` (None: the network's own) is any callable of :class:`spikeff.engines.base.Engine`'s
+signature: the Lava engines of :mod:`spikeff.engines.lava` (Lava's floating point, Lava's
+fixed point, or the bit-exact numpy model of the fixed point) give the exported network's
+decisions with the same input spikes and the same decision rule as spikeff's own engine.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .readout import readout_features as _features
+
+METHODS = ("goodness", "readout")
+
+
+def label_scores(G, mask) -> np.ndarray:
+    """Score of every candidate label: the goodness ``G`` (n, C, L) summed over the layers in
+    ``mask`` (:meth:`FFNetwork._layer_mask`), shape (n, C)."""
+    return G[:, :, mask].sum(axis=2)
+
+
+def goodness_decision(G, mask) -> np.ndarray:
+    """The predicted labels from the goodness per label ``G`` (n, C, L): the label whose summed
+    goodness (over the layers in ``mask``) is highest. The one argmax of the goodness method."""
+    return np.argmax(label_scores(G, mask), axis=1)
+
+
+def goodness_per_label(net, X, seed: int = 0, engine=None) -> np.ndarray:
+    """Goodness of every candidate label, shape (n_samples, n_classes, n_layers), every label of a
+    sample seeing the same image spikes (:meth:`FFNetwork.label_sources`)."""
+    C, L = getattr(net, "n_classes_", 0), len(getattr(net, "weights_", []))
+    out = [np.stack(net._run(src, engine=engine).goodness, axis=1).reshape(n, C, -1)
+           for n, src in net.label_sources(X, seed)]
+    return np.concatenate(out) if out else np.zeros((0, C, L))
+
+
+def readout_features(net, X, seed: int = 0, engine=None) -> np.ndarray:
+    """Unit-normalised per-neuron goodness of every layer with the neutral label (readout input)."""
+    return np.concatenate([_features(net._run(src, engine=engine).neuron_goodness)
+                           for _, src in net.neutral_sources(X, seed)])
+
+
+def predict(net, X, method: str | None = None, engine=None) -> np.ndarray:
+    """Predicted labels. ``method``: "goodness" (try every label, highest summed goodness wins) or
+    "readout" (one pass with the neutral label and the linear readout); default the config's."""
+    method = method or net.config.predict_method
+    X = net._input(X)
+    if method == "goodness":
+        return goodness_decision(goodness_per_label(net, X, engine=engine), net._layer_mask())
+    if method == "readout":
+        net._check_fitted()
+        if net.readout_ is None:
+            raise ValueError("method='readout' needs a network trained with readout = true")
+        return net.readout_.predict(readout_features(net, X, engine=engine))
+    raise ValueError(f"method: {method!r} is not valid; choose one of {list(METHODS)}")
