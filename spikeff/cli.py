@@ -186,6 +186,7 @@ def cmd_bench(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .export.nir import CONVENTIONS, DELAYS, FLAVOURS          # light: nir itself is imported on use
     p = argparse.ArgumentParser(prog="spikeff", description=(
         "Train spiking neural networks with Forward-Forward, evaluate them, and run the demo."))
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -250,13 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("model", help="model.npz written by train")
     x.add_argument("--to", required=True, choices=["lava", "nir"], help="target format")
     x.add_argument("--out", required=True, help="output file")
-    x.add_argument("--nir-flavour", default="euler", choices=["euler", "exact"],
+    x.add_argument("--nir-flavour", default="euler", choices=list(FLAVOURS),
                    help="NIR: euler (default) writes parameters that forward-Euler simulators (Norse, snnTorch) "
                         "step exactly as spikeff; exact writes exponential-integration time constants")
     x.add_argument("--dt", type=float, default=None,
                    help="NIR: time step in seconds the graph describes (default: 1e-4, snnTorch's fixed dt, for "
                         "euler; the model's dt for exact); spikeff's per-step dynamics are kept at any dt")
-    x.add_argument("--nir-delay", default="none", choices=["none", "node"],
+    x.add_argument("--nir-delay", default="none", choices=list(DELAYS),
                    help="NIR: node adds a Delay node of dt before each Linear (spikeff's one-step delay; Norse 1.1 "
                         "and snnTorch 1.0 cannot import it); none (default) leaves it out")
     x.add_argument("--calib-dataset", default=None, choices=list(IMAGE_DATASETS),
@@ -274,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "refused with an error naming the node.")
     im.add_argument("graph", help="NIR file (.nir, HDF5)")
     im.add_argument("--out", required=True, help="model.npz to write")
-    im.add_argument("--convention", default="auto", choices=["auto", "euler", "exact", "norse"],
+    im.add_argument("--convention", default="auto", choices=list(CONVENTIONS),
                     help="how the graph's CubaLIFs were stepped: auto (spikeff's metadata, else euler: NIR's "
                          "simulators and snnTorch), euler, exact, norse (Norse 1.1's to_nir)")
     im.add_argument("--dt", type=float, default=None,

@@ -102,3 +102,6 @@ def test_cli_choices_come_from_the_registries():
     assert choices("train", "engine") == engines.available_engines()
     assert choices("train", "dataset") == list(DATASETS) == choices("eval", "dataset")
     assert choices("export", "calib_dataset") == list(IMAGE_DATASETS)
+    from spikeff.export import nir
+    assert choices("export", "nir_flavour") == list(nir.FLAVOURS) and choices("export", "nir_delay") == list(nir.DELAYS)
+    assert choices("import", "convention") == list(nir.CONVENTIONS)
