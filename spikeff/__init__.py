@@ -6,8 +6,15 @@
 from .config import ConfigError, FFConfig, NeuronConfig, load_config
 from .data import DataError, load_dataset
 from .io import CheckpointError
-from .network import FFNetwork, NotFittedError
+from .network import FFNetwork
 
 __version__ = "0.1.0"
 __all__ = ["FFNetwork", "FFConfig", "NeuronConfig", "load_config", "load_dataset", "ConfigError",
            "DataError", "CheckpointError", "NotFittedError", "__version__"]
+
+
+def __getattr__(name):
+    if name == "NotFittedError":          # scikit-learn's, imported only when asked for
+        from sklearn.exceptions import NotFittedError
+        return NotFittedError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,7 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from .data import DATASETS
+from .config import available_recipes, choices
+from .data import DATASETS, EVENT_DATASETS, IMAGE_DATASETS
 from .runs import (VAL_FRACTION, ThreadSettings, check_data_matches, load_run, resolve_config_path,
                    train_run, write_json)
 
@@ -185,6 +186,7 @@ def cmd_bench(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .export.nir import CONVENTIONS, DELAYS, FLAVOURS          # light: nir itself is imported on use
     p = argparse.ArgumentParser(prog="spikeff", description=(
         "Train spiking neural networks with Forward-Forward, evaluate them, and run the demo."))
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -193,16 +195,16 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a network from a model config; writes metrics.json (one entry "
                                    "per epoch: accuracy, FF loss per layer, seconds, samples/s), "
                                    "model.npz (checkpoint after each epoch) and training_curves.png.")
-    t.add_argument("--config", default=None, help="model config: a TOML path or a name in models/ (default: digits)")
+    t.add_argument("--config", default=None, help=f"model config: a TOML path or a recipe name, one of "
+                                                  f"{', '.join(available_recipes())} (default: digits)")
     t.add_argument("--dataset", default=None, choices=list(DATASETS),
-                   help="data set (default: digits, embedded); nmnist, dvs_gesture, shd: event data read by "
-                        "tonic from --data-path; events_npz: --data-path holds train.npz and test.npz event files")
+                   help=f"data set (default: digits, embedded); {', '.join(EVENT_DATASETS)}: event data from "
+                        "--data-path (events_npz: train.npz and test.npz event files, the others read by tonic)")
     t.add_argument("--data-path", default=None,
-                   help="directory with IDX files (fashion_mnist/mnist) or event data (nmnist, dvs_gesture, shd, "
-                        "events_npz)")
+                   help=f"directory with IDX files (fashion_mnist/mnist) or event data ({', '.join(EVENT_DATASETS)})")
     t.add_argument("--epochs", type=int, default=None, help="override the config's number of epochs")
     t.add_argument("--seed", type=int, default=None, help="override the config's seed")
-    t.add_argument("--engine", default=None, choices=["vectorized", "brian2"],
+    t.add_argument("--engine", default=None, choices=list(choices()["engine"]),
                    help="simulation engine: vectorized (fast) or brian2 (slow reference; Brian2 "
                         "target from $SPIKEFF_BRIAN2_TARGET=numpy|cython)")
     t.add_argument("--n-train", type=_positive_int, default=None, help="use a random subset of the training set")
@@ -249,16 +251,16 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("model", help="model.npz written by train")
     x.add_argument("--to", required=True, choices=["lava", "nir"], help="target format")
     x.add_argument("--out", required=True, help="output file")
-    x.add_argument("--nir-flavour", default="euler", choices=["euler", "exact"],
+    x.add_argument("--nir-flavour", default="euler", choices=list(FLAVOURS),
                    help="NIR: euler (default) writes parameters that forward-Euler simulators (Norse, snnTorch) "
                         "step exactly as spikeff; exact writes exponential-integration time constants")
     x.add_argument("--dt", type=float, default=None,
                    help="NIR: time step in seconds the graph describes (default: 1e-4, snnTorch's fixed dt, for "
                         "euler; the model's dt for exact); spikeff's per-step dynamics are kept at any dt")
-    x.add_argument("--nir-delay", default="none", choices=["none", "node"],
+    x.add_argument("--nir-delay", default="none", choices=list(DELAYS),
                    help="NIR: node adds a Delay node of dt before each Linear (spikeff's one-step delay; Norse 1.1 "
                         "and snnTorch 1.0 cannot import it); none (default) leaves it out")
-    x.add_argument("--calib-dataset", default=None, choices=["digits", "fashion_mnist", "mnist"],
+    x.add_argument("--calib-dataset", default=None, choices=list(IMAGE_DATASETS),
                    help="Lava: calibrate the u/v ranges on this data set's training samples "
                         "(default: a worst-case bound)")
     x.add_argument("--data-path", default=None, help="directory with IDX files")
@@ -273,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "refused with an error naming the node.")
     im.add_argument("graph", help="NIR file (.nir, HDF5)")
     im.add_argument("--out", required=True, help="model.npz to write")
-    im.add_argument("--convention", default="auto", choices=["auto", "euler", "exact", "norse"],
+    im.add_argument("--convention", default="auto", choices=list(CONVENTIONS),
                     help="how the graph's CubaLIFs were stepped: auto (spikeff's metadata, else euler: NIR's "
                          "simulators and snnTorch), euler, exact, norse (Norse 1.1's to_nir)")
     im.add_argument("--dt", type=float, default=None,

@@ -11,19 +11,32 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .backend import BACKENDS
+from .encoding import ENCODINGS
+from .engines import available_engines
+from .goodness import available_goodness
+from .inference import METHODS as PREDICT_METHODS
+from .learning import LOSSES, LR_SCHEDULES, OPTIMIZERS
+from .negatives import NEGATIVES
 from .units import parse_quantity
 
-ENCODINGS = ("rate", "latency")
-GOODNESS_NAMES = ("energy_relu", "energy", "relu_mean", "energy_mean_relu")
-LOSSES = ("threshold", "symba")
-NEGATIVES = ("random", "hard", "readout_hard", "hybrid")
-OPTIMIZERS = ("adam", "sgd")
-LR_SCHEDULES = ("constant", "cosine")
+# choices that only the network itself implements (the others come from their modules' registries)
 NORMALIZATIONS = ("none", "length")
-PREDICT_METHODS = ("goodness", "readout")
 DTYPES = ("float32", "float64")
-ENGINES = ("vectorized", "brian2")
-BACKENDS = ("numpy", "cupy", "torch", "array_api_strict")
+GOODNESS_LAYERS = ("all", "skip_first")
+SECTIONS = ("network", "encoding", "goodness", "training")   # TOML tables that only group keys
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
+def choices() -> dict:
+    """The allowed values of every choice field of :class:`FFConfig`, read from the registries
+    that implement them at the time of the call (so a goodness added with
+    :func:`spikeff.goodness.register_goodness` can be named in a config)."""
+    return {"encoding": tuple(ENCODINGS), "goodness": tuple(available_goodness()), "loss": tuple(LOSSES),
+            "negatives": tuple(NEGATIVES), "optimizer": tuple(OPTIMIZERS), "normalization": NORMALIZATIONS,
+            "lr_schedule": tuple(LR_SCHEDULES), "predict_method": PREDICT_METHODS, "dtype": DTYPES,
+            "engine": tuple(available_engines()), "backend": tuple(BACKENDS),
+            "goodness_layers": GOODNESS_LAYERS}
 
 
 class ConfigError(ValueError):
@@ -168,18 +181,8 @@ class FFConfig:
         _check(isinstance(self.goodness_threshold, (int, float)) and not isinstance(self.goodness_threshold, bool)
                and math.isfinite(self.goodness_threshold),
                "goodness_threshold", f"must be a finite number, got {self.goodness_threshold!r}")
-        _check_choice(self.encoding, "encoding", ENCODINGS)
-        _check_choice(self.goodness, "goodness", GOODNESS_NAMES)
-        _check_choice(self.loss, "loss", LOSSES)
-        _check_choice(self.negatives, "negatives", NEGATIVES)
-        _check_choice(self.optimizer, "optimizer", OPTIMIZERS)
-        _check_choice(self.normalization, "normalization", NORMALIZATIONS)
-        _check_choice(self.lr_schedule, "lr_schedule", LR_SCHEDULES)
-        _check_choice(self.predict_method, "predict_method", PREDICT_METHODS)
-        _check_choice(self.dtype, "dtype", DTYPES)
-        _check_choice(self.engine, "engine", ENGINES)
-        _check_choice(self.backend, "backend", BACKENDS)
-        _check_choice(self.goodness_layers, "goodness_layers", ("all", "skip_first"))
+        for name, allowed in choices().items():
+            _check_choice(getattr(self, name), name, allowed)
         _check(self.predict_method != "readout" or self.readout, "predict_method",
                "'readout' needs readout = true")
         _check(self.negatives != "readout_hard" or self.readout, "negatives",
@@ -242,7 +245,7 @@ class FFConfig:
         d = dict(d)
         flat = {}
         for key, value in d.items():
-            if key in ("network", "encoding", "goodness", "training") and isinstance(value, dict):
+            if key in SECTIONS and isinstance(value, dict):
                 flat.update(value)
             else:
                 flat[key] = value
@@ -272,6 +275,25 @@ def read_toml(path, what: str = "file") -> dict:
             raise ConfigError(f"{path}: not valid TOML: {e}") from None
 
 
-def load_config(path) -> FFConfig:
-    """Read an :class:`FFConfig` from a TOML file (see ``models/``)."""
-    return FFConfig.from_dict(read_toml(path, "model config"))
+def available_recipes() -> list[str]:
+    """The recipe names :func:`load_config` takes (``models/NAME.toml``)."""
+    return sorted(p.stem for p in MODELS_DIR.glob("*.toml"))
+
+
+def recipe_path(name) -> Path:
+    """The TOML file of a model config: a path, or a recipe name (``"digits"`` ->
+    ``models/digits.toml``); FileNotFoundError listing the recipe names otherwise."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    for cand in (MODELS_DIR / p, MODELS_DIR / f"{name}.toml"):
+        if cand.is_file():
+            return cand
+    raise FileNotFoundError(f"model config {str(name)!r} does not exist: give a TOML path or a recipe name, "
+                            f"one of {available_recipes()} (in {MODELS_DIR})")
+
+
+def load_config(name_or_path) -> FFConfig:
+    """Read an :class:`FFConfig` from a recipe name (``"digits"``: ``models/digits.toml``) or a
+    TOML file path."""
+    return FFConfig.from_dict(read_toml(recipe_path(name_or_path), "model config"))

@@ -56,18 +56,23 @@ def check_X(X, n_features: int | None = None) -> np.ndarray:
     return X
 
 
-def check_Xy(X, y, n_features: int | None = None, n_classes: int | None = None):
-    X = check_X(X, n_features)
+def check_y_shape(X, y):
+    """``y`` as a 1-D array with one label per row of ``X`` (any label type), or DataError."""
     try:
         y = np.asarray(y)
     except (TypeError, ValueError):
-        raise DataError("y: must be a 1-D array of integer labels") from None
+        raise DataError("y: must be a 1-D array of labels") from None
     if y.ndim != 1 or len(y) != len(X):
         hint = ""
         if hasattr(X, "n_steps"):
             hint = (f"; X is read as spikes (T, B, M) = ({X.n_steps}, {len(X)}, {X.n_channels}) (images must be "
                     "2-D: (n_samples, n_features))")
         raise DataError(f"y: must be 1-D with one label per sample ({len(X)}), got shape {y.shape}{hint}")
+    return y
+
+
+def _integer_labels(y, n_classes=None):
+    """``y`` as int64 labels 0..n_classes-1 (integer-valued floats accepted), or DataError."""
     if not np.issubdtype(y.dtype, np.integer):
         if np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
             y = y.astype(np.int64)
@@ -76,7 +81,73 @@ def check_Xy(X, y, n_features: int | None = None, n_classes: int | None = None):
     if y.min() < 0 or (n_classes is not None and y.max() >= n_classes):
         hi = "" if n_classes is None else f"..{n_classes - 1} (n_classes = {n_classes})"
         raise DataError(f"y: labels must lie in 0{hi}, got min {y.min()}, max {y.max()}")
-    return X, y.astype(np.int64)
+    return y.astype(np.int64)
+
+
+def check_Xy(X, y, n_features: int | None = None, n_classes: int | None = None):
+    """``(X, y)`` checked as by :func:`check_X`, ``y`` as int64 class indices 0..n_classes-1."""
+    X = check_X(X, n_features)
+    return X, _integer_labels(check_y_shape(X, y), n_classes)
+
+
+def label_values(y) -> np.ndarray:
+    """Class labels as given (integers, strings, booleans; integer-valued floats become int64),
+    or DataError for non-integer numbers (a regression target?) and values that cannot be sorted."""
+    if y.dtype.kind in "fc":
+        if not (y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y))):
+            raise DataError(f"y: labels must be integers or class labels such as strings, got non-integer "
+                            f"numbers (dtype {y.dtype})")
+        y = y.astype(np.int64)
+    if y.dtype.kind in "iu":
+        return y.astype(np.int64)
+    if y.dtype.kind not in "bUSO":
+        raise DataError(f"y: labels must be integers or class labels such as strings, got dtype {y.dtype}")
+    return y
+
+
+def fit_classes(y, n_classes: int | None = None) -> np.ndarray:
+    """The sorted class labels (``classes_``) of training labels ``y``: its distinct values, or with
+    ``n_classes`` the integers 0..n_classes-1 (labels absent from ``y`` included), which ``y`` must
+    then hold. DataError for fewer than 2 classes."""
+    if n_classes is not None:
+        y = _integer_labels(y)
+        if not isinstance(n_classes, (int, np.integer)) or isinstance(n_classes, bool) or n_classes <= y.max():
+            raise DataError(f"n_classes: {n_classes!r} does not match the data: the labels go up to "
+                            f"{y.max()}, so n_classes must be an integer >= {y.max() + 1}")
+        classes = np.arange(int(n_classes))
+    else:
+        try:
+            classes = np.unique(label_values(y))
+        except TypeError as e:
+            raise DataError(f"y: labels must be of one type that can be sorted ({e})") from None
+    if len(classes) < 2:
+        raise DataError("y: need at least 2 classes to train a Forward-Forward network")
+    return classes
+
+
+def encode_labels(y, classes: np.ndarray) -> np.ndarray:
+    """Positions of the labels ``y`` in the sorted ``classes`` (int64), or DataError naming the
+    labels that are not classes."""
+    C = len(classes)
+    if classes.dtype.kind in "iu" and np.array_equal(classes, np.arange(C)):
+        return _integer_labels(y, C)          # labels 0..C-1 are their own positions
+    try:
+        y = label_values(y)
+        idx = np.clip(np.searchsorted(classes, y), 0, C - 1)
+        known = classes[idx] == y
+    except (TypeError, ValueError):
+        known = np.zeros(len(y), bool)
+    if not np.all(known):
+        bad = np.unique(np.asarray(y)[~np.asarray(known, bool)].astype(object).astype(str))
+        raise DataError(f"y: labels {bad[:10].tolist()} are not among the network's classes "
+                        f"{classes[:20].tolist()}{' ...' if C > 20 else ''}")
+    return idx.astype(np.int64)
+
+
+def check_X_labels(X, y, classes: np.ndarray, n_features: int | None = None):
+    """``(X, y)`` checked, ``y`` (class labels) as positions in ``classes``."""
+    X = check_X(X, n_features)
+    return X, encode_labels(check_y_shape(X, y), classes)
 
 
 @dataclass
@@ -200,7 +271,9 @@ def load_idx_dataset(name: str = "fashion_mnist", path=None) -> Dataset:
         f"${_ENV[name]}.")
 
 
-DATASETS = ("digits", "fashion_mnist", "mnist", "nmnist", "dvs_gesture", "shd", "events_npz")
+IMAGE_DATASETS = ("digits", "fashion_mnist", "mnist")                 # X: intensities in [0, 1]
+EVENT_DATASETS = ("nmnist", "dvs_gesture", "shd", "events_npz")         # X: events (spikeff.events)
+DATASETS = IMAGE_DATASETS + EVENT_DATASETS
 
 
 def load_dataset(name: str, path=None) -> Dataset:

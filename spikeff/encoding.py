@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 NEUTRAL = -1
+ENCODINGS = ("rate", "latency")         # the codes above (config field ``encoding``)
 
 
 def overlay_labels(X: np.ndarray, labels: np.ndarray, n_classes: int, label_repeat: int = 1,
@@ -41,8 +42,8 @@ class SpikeSource:
 
     def __init__(self, intensities: np.ndarray, encoding: str, n_steps: int, dt: float,
                  max_rate: float, seed, rows_per_noise: int = 1, dtype=np.float32, latency_period: int = 0):
-        if encoding not in ("rate", "latency"):
-            raise ValueError(f"encoding: {encoding!r} is not valid; choose one of ['rate', 'latency']")
+        if encoding not in ENCODINGS:
+            raise ValueError(f"encoding: {encoding!r} is not valid; choose one of {list(ENCODINGS)}")
         self.x = np.asarray(intensities, dtype=np.float64)
         if self.x.ndim != 2:
             raise ValueError(f"intensities must be 2-D (batch, channels), got shape {self.x.shape}")

@@ -33,10 +33,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from .data import DataError, Dataset
+from .data import EVENT_DATASETS, DataError, Dataset
 from .encoding import SpikeSource, overlay_labels
-
-EVENT_DATASETS = ("nmnist", "dvs_gesture", "shd", "events_npz")
 
 
 def _tonic():

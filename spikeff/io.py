@@ -62,6 +62,15 @@ def atomic_write_bytes(path, data: bytes):
         raise
 
 
+def _classes_json(net) -> list:
+    """``classes_`` as a JSON list (integers, strings or booleans)."""
+    classes = np.asarray(getattr(net, "classes_", np.arange(net.n_classes_)))
+    values = classes.tolist()
+    if classes.dtype.kind == "O" and not all(isinstance(v, str) for v in values):
+        raise ValueError(f"classes_: only integer, string and boolean labels can be saved, got {values[:5]}")
+    return values
+
+
 def save_network(net, path):
     net._check_fitted()
     arrays = {}
@@ -80,7 +89,7 @@ def save_network(net, path):
         for i, a in enumerate(st["m"] + st["v"]):
             arrays[f"readout_opt_{i}"] = a
     meta = {"format": FORMAT, "version": FORMAT_VERSION, "config": net.config.to_dict(),
-            "n_features_in": net.n_features_in_, "n_classes": net.n_classes_,
+            "n_features_in": net.n_features_in_, "n_classes": net.n_classes_, "classes": _classes_json(net),
             "epochs_done": net.epochs_done_, "history": net.history_,
             "threads": net.threads_.to_dict() if getattr(net, "threads_", None) is not None else None,
             "blas_kernel": blas_kernel(),
@@ -162,6 +171,12 @@ def load_network(path):
         n = 2
         net.readout_.opt.load_state_dict(opt_state(net.readout_.opt, lambda i: f"readout_opt_{i}",
                                                    lambda i: f"readout_opt_{i + n}", "readout_opt_t"))
+    classes = meta.get("classes")            # absent in checkpoints written before classes_: 0..C-1
+    if classes is not None:
+        if not isinstance(classes, list) or len(classes) != meta["n_classes"]:
+            raise CheckpointError(f"{path}: checkpoint metadata classes must list {meta['n_classes']} labels, "
+                                  f"got {classes!r}")
+        net.classes_ = np.asarray(classes)
     net.epochs_done_ = int(meta["epochs_done"])
     net.threads_recorded_ = meta.get("threads")        # None: written before threads were recorded
     net.blas_kernel_ = meta.get("blas_kernel")

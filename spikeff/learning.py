@@ -18,6 +18,9 @@ import numpy as np
 
 from .backend import like, namespace
 
+LOSSES = ("threshold", "symba")
+LR_SCHEDULES = ("constant", "cosine")
+
 
 def softplus(x):
     return np.logaddexp(0.0, x)
@@ -48,7 +51,7 @@ def ff_loss(g_pos, g_neg, loss: str, threshold: float, sharpness: float):
         m_pos = -sigmoid(-s * d) / B
         m_neg = -m_pos
     else:
-        raise ValueError(f"loss: {loss!r} is not valid; choose one of ['threshold', 'symba']")
+        raise ValueError(f"loss: {loss!r} is not valid; choose one of {list(LOSSES)}")
     return value, m_pos, m_neg
 
 
@@ -110,12 +113,14 @@ def lr_factor(schedule: str, epoch: int, epochs: int) -> float:
         return 1.0
     if schedule == "cosine":
         return 0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * epoch / (epochs - 1)))
-    raise ValueError(f"lr_schedule: {schedule!r} is not valid; choose one of ['constant', 'cosine']")
+    raise ValueError(f"lr_schedule: {schedule!r} is not valid; choose one of {list(LR_SCHEDULES)}")
+
+
+OPTIMIZERS = {"adam": Adam, "sgd": SGD}
 
 
 def make_optimizer(name: str, params, lr: float):
-    if name == "adam":
-        return Adam(params, lr=lr)
-    if name == "sgd":
-        return SGD(params, lr=lr)
-    raise ValueError(f"optimizer: {name!r} is not valid; choose one of ['adam', 'sgd']")
+    try:
+        return OPTIMIZERS[name](params, lr=lr)
+    except KeyError:
+        raise ValueError(f"optimizer: {name!r} is not valid; choose one of {list(OPTIMIZERS)}") from None

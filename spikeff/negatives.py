@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+NEGATIVES = ("random", "hard", "readout_hard", "hybrid")   # the kinds above (config field ``negatives``)
+
 
 def random_wrong_labels(y: np.ndarray, n_classes: int, rng: np.random.Generator) -> np.ndarray:
     y = np.asarray(y)

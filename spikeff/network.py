@@ -21,13 +21,14 @@ GEMMs are larger and the time loop runs once.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
 
 from .config import FFConfig
 from .backend import get_backend, to_backend
-from .data import DataError, check_X, check_Xy
+from .data import DataError, check_X, check_X_labels, check_y_shape, fit_classes
 from .encoding import NEUTRAL, ArraySource, ConcatSource, SpikeSource, overlay_labels
 from . import inference
 from .engines import make_engine
@@ -40,8 +41,13 @@ from .readout import LinearReadout, readout_features
 PHASE_IDS = {"positive": 1, "negative": 2, "neutral": 3, "eval": 4, "hard": 5}
 
 
-class NotFittedError(RuntimeError):
-    pass
+def __getattr__(name):
+    # scikit-learn's NotFittedError, imported only when asked for (importing scikit-learn takes
+    # about a second; `import spikeff` does not need it)
+    if name == "NotFittedError":
+        from sklearn.exceptions import NotFittedError
+        return NotFittedError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _check_finite_goodness(goodness, what: str):
@@ -74,14 +80,87 @@ def _store_budget_from_env() -> float:
     return value
 
 
+def _config_params(config: FFConfig) -> dict:
+    """The config's fields by name, and the neuron's as ``neuron__FIELD`` (scikit-learn's nesting)."""
+    params = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    params.update({f"neuron__{f.name}": getattr(config.neuron, f.name) for f in dataclasses.fields(config.neuron)})
+    return params
+
+
 class FFNetwork:
-    """Spiking Forward-Forward network. ``config``: an :class:`FFConfig` (keyword overrides allowed)."""
+    """Spiking Forward-Forward network. ``config``: an :class:`FFConfig`; keyword overrides of its
+    fields allowed (``FFNetwork(config, n_steps=10, neuron__tau_mem=0.02)``).
+
+    A scikit-learn classifier: ``get_params``/``set_params`` expose ``config``, ``store_budget_mb``
+    and every config field by name (the neuron's as ``neuron__dt`` ...), so ``sklearn.base.clone``,
+    ``GridSearchCV(net, {"n_steps": [10, 20]})`` and pipelines work; ``classes_`` holds the label
+    values (any sortable labels: integers, strings, ...); an unfitted network raises scikit-learn's
+    ``NotFittedError``.
+    """
+
+    _estimator_type = "classifier"      # scikit-learn < 1.6 (later versions read __sklearn_tags__)
 
     def __init__(self, config: FFConfig | None = None, *, store_budget_mb: float | None = None, **overrides):
-        config = config or FFConfig()
-        self.config = config.replace(**overrides) if overrides else config
+        self.config = config or FFConfig()
         self.store_budget_mb = store_budget_mb
+        if overrides:               # config fields, as set_params takes them (n_steps=..., neuron__dt=...)
+            self.set_params(**overrides)
         self.history_: list[dict] = []
+
+    # -- scikit-learn estimator protocol ----------------------------------------------------------
+    def get_params(self, deep: bool = True) -> dict:
+        """``config`` and ``store_budget_mb`` (what the constructor takes: ``clone`` rebuilds the
+        network from them); with ``deep``, also every config field by name (``n_steps``,
+        ``neuron__tau_mem``, ...), which :meth:`set_params` and ``GridSearchCV`` can change."""
+        params = {"config": self.config, "store_budget_mb": self._store_budget_mb}
+        if deep:
+            params.update(_config_params(self.config))
+        return params
+
+    def set_params(self, **params) -> "FFNetwork":
+        """Set ``config``, ``store_budget_mb`` and config fields (``n_steps=10``,
+        ``neuron__tau_mem=0.02``; in the config's internal units). The new config is validated
+        (ConfigError). Returns self."""
+        config = params.pop("config", self.config)
+        valid = set(_config_params(config)) | {"config", "store_budget_mb"}
+        unknown = sorted(set(params) - valid)
+        if unknown:
+            raise ValueError(f"Invalid parameters {unknown} for estimator FFNetwork; valid parameters are "
+                             f"{sorted(valid)}")
+        if "store_budget_mb" in params:
+            self.store_budget_mb = params.pop("store_budget_mb")
+        neuron = {k[len("neuron__"):]: params.pop(k) for k in list(params) if k.startswith("neuron__")}
+        if neuron:
+            params["neuron"] = dataclasses.replace(params.get("neuron", config.neuron), **neuron)
+        self.config = config.replace(**params) if params else config
+        return self
+
+    def __sklearn_tags__(self):
+        from sklearn.utils import ClassifierTags, InputTags, Tags, TargetTags
+        return Tags(estimator_type="classifier", target_tags=TargetTags(required=True),
+                    classifier_tags=ClassifierTags(), input_tags=InputTags())
+
+    @property
+    def classes_(self) -> np.ndarray:
+        """The class labels, sorted: label channel ``k`` (and output ``k`` of the readout) is class
+        ``classes_[k]``. 0..n_classes-1 unless :meth:`fit` saw other labels."""
+        classes = getattr(self, "_classes", None)
+        return np.arange(self.n_classes_) if classes is None else classes
+
+    @classes_.setter
+    def classes_(self, value):
+        self._classes = None if value is None else np.asarray(value)
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "weights_")
+
+    def __repr__(self) -> str:
+        default = _config_params(FFConfig())
+        changed = [f"{k}={v!r}" for k, v in _config_params(self.config).items()
+                   if k != "neuron" and (k not in default or v != default[k])]
+        if self._store_budget_mb is not None:
+            changed.append(f"store_budget_mb={self._store_budget_mb!r}")
+        return f"FFNetwork({', '.join(changed)})"
 
     # -- set-up ------------------------------------------------------------------------------
     def __getstate__(self):
@@ -126,6 +205,7 @@ class FFNetwork:
 
     def _check_fitted(self):
         if not hasattr(self, "weights_"):
+            from sklearn.exceptions import NotFittedError
             raise NotFittedError("this FFNetwork is not fitted yet: call fit(X, y) or FFNetwork.load(path)")
 
     def initialize(self, n_features: int, n_classes: int):
@@ -134,6 +214,7 @@ class FFNetwork:
         rng = np.random.default_rng(np.random.SeedSequence([c.seed, 0]))
         self.n_features_in_ = int(n_features)
         self.n_classes_ = int(n_classes)
+        self._classes = None                            # classes_: 0..n_classes-1 (fit sets y's labels)
         sizes = [n_features + n_classes * c.label_repeat, *c.hidden_sizes]
         self.weights_, self.biases_ = [], []
         xp, device = get_backend(c.backend)
@@ -246,7 +327,7 @@ class FFNetwork:
             return self
         W, b = self.dense_equivalent()
         d = FFNetwork(self.config.replace(layers=(), input_shape=(), backend="numpy"))
-        d.n_features_in_, d.n_classes_ = self.n_features_in_, self.n_classes_
+        d.n_features_in_, d.n_classes_, d.classes_ = self.n_features_in_, self.n_classes_, self.classes_
         d.weights_, d.biases_ = W, b
         d.readout_, d.epochs_done_, d.history_ = self.readout_, self.epochs_done_, self.history_
         d.threads_ = getattr(self, "threads_", None)
@@ -344,13 +425,14 @@ class FFNetwork:
     def predict(self, X, method: str | None = None) -> np.ndarray:
         """Predicted labels. ``method``: "goodness" (try every label, highest summed goodness
         wins) or "readout" (one pass with the neutral label and the linear readout)."""
-        return inference.predict(self, X, method)
+        positions = inference.predict(self, X, method)         # checks that the network is fitted
+        return self.classes_[positions]
 
     def score(self, X, y, method: str | None = None) -> float:
         """Accuracy on (X, y)."""
         self._check_fitted()
-        X, y = check_Xy(self._input(X), y, self.n_features_in_, self.n_classes_)
-        return float(np.mean(self.predict(X, method) == y))
+        X, y = check_X_labels(self._input(X), y, self.classes_, self.n_features_in_)
+        return float(np.mean(self.predict(X, method) == self.classes_[y]))
 
     # -- training ------------------------------------------------------------------------------
     def negative_data(self, X, y, seed, rng, readout_logits=None):
@@ -406,7 +488,8 @@ class FFNetwork:
         return [float(g.mean()) for g in res.goodness]
 
     def train_batch(self, X, y, seed) -> dict:
-        """One FF step on a batch. Returns per-layer loss and mean goodness of both phases."""
+        """One FF step on a batch (``y``: class positions 0..n_classes-1, see :meth:`fit`). Returns
+        per-layer loss and mean goodness of both phases."""
         c = self.config
         rng = np.random.default_rng(np.random.SeedSequence(seed + [0]))
         out = {}
@@ -457,7 +540,8 @@ class FFNetwork:
         return out
 
     def train_epoch(self, X, y, epoch: int, progress: bool = False, n_epochs: int | None = None) -> dict:
-        """One pass over (X, y) in shuffled batches. Returns the epoch's training metrics.
+        """One pass over (X, y) in shuffled batches (``y``: class positions). Returns the epoch's
+        training metrics.
 
         ``n_epochs``: the length of the learning-rate schedule (default: ``config.epochs``);
         :meth:`continue_fit` passes the number of epochs it trains to."""
@@ -499,7 +583,11 @@ class FFNetwork:
         ``X``: intensities (n_samples, n_features) in [0, 1], or spike input (:mod:`spikeff.events`):
         a (T, B, M) 0/1 spike tensor, :class:`~spikeff.events.SpikeTrains`, an
         :class:`~spikeff.events.EventList` or a list of tonic event arrays (binned into ``n_steps``
-        steps of ``dt``); ``predict`` and ``score`` take the same kinds.
+        steps of ``dt``); ``predict`` and ``score`` take the same kinds. ``y``: class labels of any
+        sortable kind (integers, strings, ...), kept sorted in ``classes_``, which ``predict``
+        returns; ``n_classes``: the labels are the integers 0..n_classes-1, some maybe absent from ``y``.
+        (Label channel ``k`` of the input carries class ``classes_[k]``; :meth:`goodness`,
+        :meth:`simulate` and the exports take these positions ``k``.)
 
         ``(X_val, y_val)``: a validation split (never the test set): after each epoch its accuracy
         by each of ``val_methods`` (default: goodness and readout) is recorded as ``val_acc_METHOD``
@@ -508,14 +596,10 @@ class FFNetwork:
         pinned during training and kept in ``threads_`` (saved with the model) so that a resumed or
         repeated run uses the same BLAS thread count, on which float results depend.
         """
-        X, y = check_Xy(self._input(X), y)
-        if n_classes is not None and (not isinstance(n_classes, (int, np.integer)) or n_classes <= y.max()):
-            raise DataError(f"n_classes: {n_classes!r} does not match the data: the labels go up to "
-                            f"{y.max()}, so n_classes must be an integer >= {y.max() + 1}")
-        n_classes = n_classes or int(y.max()) + 1
-        if n_classes < 2:
-            raise DataError("y: need at least 2 classes to train a Forward-Forward network")
-        self.initialize(X.shape[1], n_classes)
+        X = check_X(self._input(X))
+        classes = fit_classes(check_y_shape(X, y), n_classes)
+        self.initialize(X.shape[1], len(classes))
+        self.classes_ = classes
         if threads is not None:
             self.threads_ = threads
         return self.continue_fit(X, y, X_val, y_val, epochs=epochs, progress=progress, callback=callback,
@@ -527,9 +611,10 @@ class FFNetwork:
         engine threads pinned to ``threads_``. The learning-rate schedule spans ``epochs``."""
         from .runs import pinned_threads
         self._check_fitted()
-        X, y = check_Xy(self._input(X), y, self.n_features_in_, self.n_classes_)
+        X, y = check_X_labels(self._input(X), y, self.classes_, self.n_features_in_)
         if X_val is not None:
-            X_val, y_val = check_Xy(self._input(X_val), y_val, self.n_features_in_, self.n_classes_)
+            X_val, y_val = self._input(X_val), np.asarray(y_val)
+            check_X_labels(X_val, y_val, self.classes_, self.n_features_in_)   # fails before training
         epochs = self.config.epochs if epochs is None else epochs
         if val_methods is None:
             val_methods = ((["goodness"] if self.config.negatives != "hybrid" else [])
@@ -540,13 +625,13 @@ class FFNetwork:
                 if (self.epochs_done_ + 1 == epochs and self.readout_ is not None
                         and self.config.readout_final_epochs):
                     t0 = time.perf_counter()
-                    m["readout_final_loss"] = self.fit_readout(X, y, self.config.readout_final_epochs)
+                    m["readout_final_loss"] = self._fit_readout(X, y, self.config.readout_final_epochs)
                     m["readout_final_seconds"] = time.perf_counter() - t0
                 if X_val is not None:
                     t0 = time.perf_counter()
                     try:
                         for method in val_methods:
-                            m[f"val_acc_{method}"] = self.score(X_val, y_val, method)
+                            m[f"val_acc_{method}"] = self.score(X_val, y_val, method)   # labels as given
                     except FloatingPointError as e:
                         raise FloatingPointError(f"epoch {self.epochs_done_ + 1}, validation: {e}") from None
                     m["val_acc"] = m.get(f"val_acc_{self.config.predict_method}")
@@ -562,12 +647,16 @@ class FFNetwork:
 
         The features are computed once (one forward pass per sample, O(n_samples * n_hidden)
         memory), so the readout no longer chases features that drift during FF training.
-        Returns the mean cross-entropy of the last epoch.
+        Returns the mean cross-entropy of the last epoch. ``y``: class labels (values of ``classes_``).
         """
         self._check_fitted()
         if self.readout_ is None:
             raise ValueError("fit_readout needs a network with readout = true")
-        X, y = check_Xy(X, y, self.n_features_in_, self.n_classes_)
+        X, y = check_X_labels(X, y, self.classes_, self.n_features_in_)
+        return self._fit_readout(X, y, epochs, batch_size)
+
+    def _fit_readout(self, X, y, epochs: int, batch_size: int = 256) -> float:
+        """:meth:`fit_readout` on checked ``X`` and class positions ``y``."""
         F = self.readout_features(X, seed=PHASE_IDS["neutral"])
         c = self.config
         self.readout_ = LinearReadout(F.shape[1], self.n_classes_, c.readout_learning_rate)

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import MODELS_DIR, PREDICT_METHODS, recipe_path  # noqa: F401  (MODELS_DIR: where the recipes are)
+
 ROOT = Path(__file__).resolve().parent.parent
 OPENBLAS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
                 "MKL_NUM_THREADS", "SPIKEFF_NUM_THREADS")
@@ -249,19 +251,12 @@ def write_json(path, obj) -> Path:
 
 # -- run directories: train, checkpoint per epoch, resume --------------------------------------
 
-MODELS_DIR = ROOT / "models"
 VAL_FRACTION = 0.1          # default share of the training set held out for validation
 
 
-def resolve_config_path(name: str) -> Path:
-    """A model config: a TOML path, or a name in ``models/`` (with or without ``.toml``)."""
-    p = Path(name)
-    if p.is_file():
-        return p
-    for cand in (MODELS_DIR / name, MODELS_DIR / f"{name}.toml"):
-        if cand.is_file():
-            return cand
-    raise FileNotFoundError(f"model config {name!r} not found (give a path, or a name in {MODELS_DIR})")
+def resolve_config_path(name) -> Path:
+    """A model config: a TOML path, or a recipe name in ``models/`` (see :func:`spikeff.config.recipe_path`)."""
+    return recipe_path(name)
 
 
 @contextlib.contextmanager
@@ -396,7 +391,7 @@ def train_run(config, dataset, out_dir, epochs=None, progress=True, n_train=None
             saved["epoch"] = net.epochs_done_      # before a held Ctrl-C is raised
         acc = ""
         if m.get("val_acc_goodness") is not None or m.get("val_acc_readout") is not None:
-            acc = " | val acc " + ", ".join(f"{k} {m[f'val_acc_{k}']:.4f}" for k in ("goodness", "readout")
+            acc = " | val acc " + ", ".join(f"{k} {m[f'val_acc_{k}']:.4f}" for k in PREDICT_METHODS
                                            if m.get(f"val_acc_{k}") is not None)
         log(f"epoch {m['epoch']:3d}: FF loss {' '.join(f'{x:.3f}' for x in m['ff_loss'])}{acc} | "
             f"{m['samples_per_s']:.0f} samples/s")
@@ -440,7 +435,7 @@ def train_run(config, dataset, out_dir, epochs=None, progress=True, n_train=None
                     "elapsed_seconds": elapsed_before + time.perf_counter() - t_start, "epochs": net.history_})
     write_json(out_dir / "metrics.json", summary)
     log("test accuracy (evaluated once, after training): " + ", ".join(
-        f"{k} {summary[f'test_acc_{k}']:.4f}" for k in ("goodness", "readout") if summary.get(f"test_acc_{k}") is not None))
+        f"{k} {summary[f'test_acc_{k}']:.4f}" for k in PREDICT_METHODS if summary.get(f"test_acc_{k}") is not None))
     if plots and net.history_:
         from .plot import plot_training_curves
         import matplotlib.pyplot as plt

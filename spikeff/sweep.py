@@ -45,10 +45,9 @@ import traceback
 import uuid
 from pathlib import Path
 
-from .config import ConfigError, FFConfig, NeuronConfig, read_toml
+from .config import SECTIONS, ConfigError, FFConfig, NeuronConfig, read_toml
 from .runs import VAL_FRACTION, resolve_config_path, write_json
 
-SECTIONS = ("network", "encoding", "goodness", "training")
 TOP_KEYS = ("name", "config", "dataset", "data_path", "n_train", "n_test", "epochs", "seeds",
             "overrides", "grid", "variants", "val_fraction", "threads")
 STATUSES = ("ok", "skipped", "failed")

@@ -178,7 +178,7 @@ def test_bad_data_gets_clear_errors(small_config, digits):
     with pytest.raises(DataError, match="NaN"):
         net.fit(np.full((4, 3), np.nan), np.zeros(4, int))
     with pytest.raises(DataError, match="labels"):
-        net.fit(np.zeros((4, 3)), np.array([0, 1, 2, -1]))
+        net.fit(np.zeros((4, 3)), np.array([0, 1, 2, 0.5]))     # any sortable labels, but not 0.5
     with pytest.raises(NotFittedError):
         net.predict(np.zeros((2, 3)))
     net.fit(digits.X_train[:40], digits.y_train[:40])

@@ -24,6 +24,11 @@ def _module(name: str):
     return module
 
 
+def available_engines() -> list[str]:
+    """The engine names (what the config's ``engine`` field accepts)."""
+    return sorted(_ENGINES)
+
+
 def get_engine(name: str):
     """Return the ``run_phase`` function of engine ``name``."""
     return _module(name).run_phase
