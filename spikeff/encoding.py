@@ -78,6 +78,28 @@ class SpikeSource:
                 steps = np.arange(t0, t0 + k)[:, None, None] % self.period
                 yield (self.spike_time[None] == steps).astype(self.dtype)
 
+    def chunks_into(self, chunk_steps: int, buffer):
+        """:meth:`chunks` written into ``buffer(k)`` (a (k, batch, channels) array, e.g. the engine's
+        input buffer) instead of new arrays; yields k per chunk. The same spikes as :meth:`chunks`
+        (the same random numbers, drawn into one reused buffer), without the temporaries."""
+        rng = np.random.default_rng(self.seed)
+        B, M = self.x.shape
+        r = self.rows_per_noise
+        noise = np.empty((min(chunk_steps, self.n_steps), B // r, M)) if self.encoding == "rate" else None
+        for t0 in range(0, self.n_steps, chunk_steps):
+            k = min(chunk_steps, self.n_steps - t0)
+            out = buffer(k)
+            if self.encoding == "rate":
+                rng.random(out=noise[:k])
+                if r > 1:      # rows k*r .. k*r+r-1 share their random numbers
+                    np.less(noise[:k, :, None, :], self.p.reshape(B // r, r, M), out=out.reshape(k, B // r, r, M))
+                else:
+                    np.less(noise[:k], self.p, out=out)
+            else:
+                steps = np.arange(t0, t0 + k)[:, None, None] % self.period
+                np.equal(self.spike_time[None], steps, out=out)
+            yield k
+
     def all_steps(self) -> np.ndarray:
         """All spikes, shape (n_steps, batch, channels) (for plots and tests; O(T) memory)."""
         return np.concatenate(list(self.chunks(self.n_steps)), axis=0)
@@ -131,5 +153,26 @@ class ConcatSource:
         for parts in zip(*(s.chunks(chunk_steps) for s in self.sources)):
             yield np.concatenate(parts, axis=1)
 
+    def chunks_into(self, chunk_steps: int, buffer):
+        """:meth:`chunks` written into ``buffer(k)`` (see :meth:`SpikeSource.chunks_into`): each
+        part fills its own rows; yields k per chunk."""
+        bounds = np.concatenate([[0], np.cumsum(self.sizes)])
+        parts = [chunks_into(s, chunk_steps, (lambda k, a=a, b=b: buffer(k)[:, a:b]))
+                 for s, a, b in zip(self.sources, bounds[:-1], bounds[1:])]
+        for ks in zip(*parts):
+            yield ks[0]
+
     def all_steps(self) -> np.ndarray:
         return np.concatenate(list(self.chunks(self.n_steps)), axis=0)
+
+
+def chunks_into(source, chunk_steps: int, buffer):
+    """Write ``source``'s chunks into ``buffer(k)`` and yield k per chunk: the source's own
+    ``chunks_into`` when it has one, else a copy of each chunk of ``source.chunks``."""
+    if hasattr(source, "chunks_into"):
+        yield from source.chunks_into(chunk_steps, buffer)
+        return
+    for chunk in source.chunks(chunk_steps):
+        k = chunk.shape[0]
+        buffer(k)[...] = chunk
+        yield k

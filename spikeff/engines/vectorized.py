@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..encoding import chunks_into
 from ..backend import astype, device_of, dtype_name, namespace, to_backend, to_numpy
 from ..goodness import Goodness
 from ..neuron import DiscreteLIF, bias_trace, lif_scan, lif_scan_xp, trace_filter, trace_scan
@@ -349,15 +350,19 @@ def run_phase(weights, biases, lif: DiscreteLIF, goodness: Goodness, source, chu
     last_out = np.empty((K, B, weights[-1].shape[0]), dtype=weights[-1].dtype) if xp is np else None
     rec_in, rec_s, rec_v = [], [[] for _ in range(L)], [[] for _ in range(L)]
     e_b = 0.0
-    for chunk in source.chunks(chunk_steps):
-        k = chunk.shape[0]
+    # numpy: the source writes each chunk's spikes straight into the first layer's input buffer
+    steps = (chunks_into(source, chunk_steps, layers[0].input_buffer) if xp is np
+             else source.chunks(chunk_steps))
+    for chunk in steps:
+        k = chunk if xp is np else chunk.shape[0]
         e_b_steps, e_b = bias_trace(lif.a_mem, e_b, k)     # dv[t]/db without reset, this chunk
-        if record:
-            rec_in.append(chunk.astype(bool))
         if xp is np:
-            layers[0].input_buffer(k)[...] = chunk
             x = None
+            if record:
+                rec_in.append(layers[0].input_buffer(k).astype(bool))
         else:
+            if record:
+                rec_in.append(chunk.astype(bool))
             x = to_backend(chunk, xp, device, dtype=chunk.dtype)
         for l, layer in enumerate(layers):
             dest = (layers[l + 1].input_buffer(k) if l + 1 < L else last_out[:k]) if xp is np else None
