@@ -107,26 +107,41 @@ def n_threads() -> int:
     return engine_threads()
 
 
+TILE_ROWS = 32       # batch rows per tile of the fused membrane + goodness pass (about L2-sized)
+FUSED_PASS = True    # False: the membrane and the goodness in separate passes (for tests; same bits)
+
+
+def _parts(B, N, min_work=1 << 16):
+    """Bounds of the parts of a batch of B rows (N columns) the engine threads share."""
+    n = min(n_threads(), B) if B * N >= min_work else 1
+    return np.linspace(0, B, max(n, 1) + 1).astype(int)
+
+
+def _parallel_parts(fn, bounds):
+    global _POOL
+    n = len(bounds) - 1
+    if _POOL is None or _POOL._max_workers < n:
+        _POOL = ThreadPoolExecutor(max_workers=n, thread_name_prefix="spikeff")
+    return list(_POOL.map(fn, [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]))
+
+
 def _parallel(fn, B, N, min_work=1 << 16):
     """``fn(batch_slice)`` over parts of the batch in threads (numpy releases the GIL in ufuncs).
 
     Elementwise numpy work runs on one core; the GEMMs use all of them, so splitting the batch
     keeps all cores busy between the GEMMs. Returns the list of results.
     """
-    global _POOL
-    n = min(n_threads(), B) if B * N >= min_work else 1
-    if n <= 1:
+    bounds = _parts(B, N, min_work)
+    if len(bounds) <= 2:
         return [fn(slice(None))]
-    if _POOL is None or _POOL._max_workers < n:
-        _POOL = ThreadPoolExecutor(max_workers=n, thread_name_prefix="spikeff")
-    bounds = np.linspace(0, B, n + 1).astype(int)
-    return list(_POOL.map(fn, [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]))
+    return _parallel_parts(fn, bounds)
 
 
 class _Layer:
     """Buffers and state of one layer for one phase (O(chunk_steps) memory)."""
 
-    def __init__(self, W, bias, lif, goodness, B, K, modulator, T, xp, normalize=False, keep=None):
+    def __init__(self, W, bias, lif, goodness, B, K, modulator, T, xp, normalize=False, keep=None,
+                 record=False):
         N, M = W.shape
         self.W, self.bias, self.lif, self.goodness, self.xp = W, bias, lif, goodness, xp
         self.normalize = normalize
@@ -137,6 +152,10 @@ class _Layer:
         self.keep = keep                       # rows whose v and e_v are stored (None: store nothing)
         self.stored = []
         self.ev = self.learn or keep is not None   # the traces e_v are needed
+        # numpy with a fused goodness kernel: _scan_and_goodness does the membrane, the spikes, the
+        # counts, the kept factors and the goodness of a chunk in one threaded pass (not when the
+        # potentials are recorded: they are overwritten with g(v))
+        self.fused_goodness = FUSED_PASS and self.np and goodness.fused is not None and not record
         self._filters = {}
         f64 = np.float64 if self.np else xp.float64
         dev = {} if self.np else {"device": self.device}
@@ -199,6 +218,9 @@ class _Layer:
             self.Z[2] = self.Z[2 + k]
             if self.bias is not None:
                 V += self.bias
+            if self.fused_goodness:     # the membrane and the goodness in one pass (goodness_chunk: done)
+                self._scan_and_goodness(V, E, k, out, e_b_steps)
+                return out, V, E
 
             def scan(sl):                       # one part of the batch (threads share the work)
                 ref, rmask = (self.ref[sl], self.rmask[sl]) if self.ref is not None else (None, None)
@@ -220,8 +242,50 @@ class _Layer:
             self.counts += xp.astype(xp.sum(out, axis=0), self.counts.dtype)
         return out, V, E
 
+    def _scan_and_goodness(self, V, E, k, out, e_b_steps):
+        """numpy: per part of the batch and per tile of ``TILE_ROWS`` rows (cache-sized), the
+        membrane recurrence (:func:`lif_scan`), the spikes into ``out``, the spike counts, the kept
+        rows' potentials (store), ``g(v)`` (and ``g'(v) m_b`` when learning) and its sum over the
+        chunk: one threaded region instead of two, each tile's potentials used while in cache.
+        Element by element the same operations in the same order as the unfused path (the sums
+        over the chunk's steps run in step order either way), so the results are bit-identical.
+        Then, when learning, the chunk's gradient GEMM (:func:`_accumulate`)."""
+        B, N, M, lif = self.B, self.N, self.M, self.lif
+        fused = self.goodness.fused
+        post = self.post[:k] if self.learn else None
+        kept_v = None
+        if self.keep is not None:
+            rows = range(B)[self.keep]
+            kept_v = np.empty((k, len(rows), N), dtype=self.dtype)
+            ev = E[k:2 * k].reshape(k, B, M)
+            self.stored.append((kept_v, ev[:, self.keep].copy(), e_b_steps.copy()))
+
+        def part(sl):
+            for a in range(sl.start, sl.stop, TILE_ROWS):
+                t = slice(a, min(a + TILE_ROWS, sl.stop))
+                Vt = V[:, t]
+                ref, rmask = (self.ref[t], self.rmask[t]) if self.ref is not None else (None, None)
+                lif_scan(Vt, self.dec[t], lif, ref, self.mask[t], rmask)
+                np.greater(Vt, lif.v_threshold, out=out[:, t])
+                self.counts[t] += out[:, t].sum(axis=0)
+                if kept_v is not None:          # the kept rows of this tile, before g(v) overwrites v
+                    lo, hi = max(t.start, rows.start), min(t.stop, rows.stop)
+                    if lo < hi:
+                        kept_v[:, lo - rows.start:hi - rows.start] = V[:, lo:hi]
+                fused(Vt, post[:, t] if self.learn else None, self.scale[:, t] if self.learn else None)
+                self.g_acc[t] += Vt.sum(axis=0)
+        bounds = _parts(B, N)
+        if len(bounds) == 1:
+            part(slice(0, B))
+        else:
+            _parallel_parts(part, bounds)
+        if self.learn:
+            _accumulate(self, post, E[k:2 * k].reshape(k * B, M), k, e_b_steps)
+
     def goodness_chunk(self, V, E, k, e_b_steps):
         """Accumulate g(v) of the chunk (destroys V on numpy) and, when learning, the gradient."""
+        if self.fused_goodness:                 # done with the membrane (_scan_and_goodness)
+            return
         xp, B, N, M = self.xp, self.B, self.N, self.M
         if self.keep is not None:          # store v and e_v of the kept rows before V is overwritten
             ev = xp.reshape(E[k:2 * k, ...], (k, B, M))
@@ -345,7 +409,7 @@ def run_phase(weights, biases, lif: DiscreteLIF, goodness: Goodness, source, chu
     K = min(chunk_steps, T)
     mods = modulators if modulators is not None else [None] * L
     layers = [_Layer(W, biases[l], lif, goodness, B, K, mods[l], T, xp, normalize=normalize and l > 0,
-                     keep=keep) for l, W in enumerate(weights)]
+                     keep=keep, record=record) for l, W in enumerate(weights)]
     device = None if xp is np else device_of(weights[0])
     last_out = np.empty((K, B, weights[-1].shape[0]), dtype=weights[-1].dtype) if xp is np else None
     rec_in, rec_s, rec_v = [], [[] for _ in range(L)], [[] for _ in range(L)]
