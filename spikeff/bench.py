@@ -300,9 +300,18 @@ B = cfg.batch_size
 X, y = ds.X_train, ds.y_train
 net = FFNetwork(cfg).initialize(X.shape[1], int(y.max()) + 1)
 net.train_batch(X[:B], y[:B], seed=[0, 0])
+n_inf = int(sys.argv[3])
+X_inf = ds.X_test[:n_inf]
+net.predict(X_inf[:cfg.eval_batch_size], "readout")
 print(json.dumps({"ready": spikeff.__file__}), flush=True)
 i = 1
 for line in sys.stdin:
+    if line.startswith("readout"):      # inference by readout on the test images (current weights)
+        t0 = time.perf_counter()
+        pred = net.predict(X_inf, "readout")
+        t = time.perf_counter() - t0
+        print(json.dumps({"seconds": t, "predictions": pred.tolist()}), flush=True)
+        continue
     k = int(line)
     times = []
     for _ in range(k):
@@ -316,10 +325,13 @@ for line in sys.stdin:
 
 
 def bench_against(base_dir, recipe="models/fashion_mnist.toml", dataset="fashion_mnist", rounds=6,
-                  steps_per_round=3, log=print) -> dict:
+                  steps_per_round=3, log=print, n_inference=2000) -> dict:
     """Training samples/s of the recipe with the spikeff of ``base_dir`` (a checkout of another
     commit, e.g. ``git worktree add /tmp/perf-base a1729a8``) and with this one: two persistent
-    processes, run alternately (round by round) on the same batches and seeds."""
+    processes, run alternately (round by round) on the same batches and seeds. After each round's
+    training steps, also inference by readout (``predict(X, "readout")``) on the first
+    ``n_inference`` test images with the weights trained so far (0: not measured); both checkouts
+    have trained on the same batches, so their predictions are compared too."""
     from .runs import git_commit
     here = Path(__file__).resolve().parent.parent
     base = Path(base_dir).resolve()
@@ -330,7 +342,8 @@ def bench_against(base_dir, recipe="models/fashion_mnist.toml", dataset="fashion
     try:
         for name, root in (("base", base), ("this", here)):
             env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-            procs[name] = subprocess.Popen([sys.executable, "-c", _AGAINST_CHILD, recipe, dataset],
+            procs[name] = subprocess.Popen([sys.executable, "-c", _AGAINST_CHILD, recipe, dataset,
+                                            str(int(n_inference))],
                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                            env=env, cwd=str(root))
         files = {}
@@ -338,16 +351,24 @@ def bench_against(base_dir, recipe="models/fashion_mnist.toml", dataset="fashion
             files[name] = json.loads(pr.stdout.readline())["ready"]
             if not files[name].startswith(str(base if name == "base" else here)):
                 raise RuntimeError(f"{name}: imported spikeff from {files[name]}, not from its checkout")
-        per_round = []
+        per_round, inference, same_predictions = [], {"base": [], "this": []}, []
         for r in range(rounds):
             order = ("base", "this") if r % 2 == 0 else ("this", "base")
-            got = {}
+            got, preds = {}, {}
             for name in order:
                 procs[name].stdin.write(f"{steps_per_round}\n")
                 procs[name].stdin.flush()
                 got[name] = json.loads(procs[name].stdout.readline())["times"]
                 times[name] += got[name]
             per_round.append(float(np.median(got["base"]) / np.median(got["this"])))
+            if n_inference:
+                for name in order:
+                    procs[name].stdin.write("readout\n")
+                    procs[name].stdin.flush()
+                    answer = json.loads(procs[name].stdout.readline())
+                    inference[name].append(answer["seconds"])
+                    preds[name] = answer["predictions"]
+                same_predictions.append(preds["base"] == preds["this"])
     finally:
         for pr in procs.values():
             if pr.stdin:
@@ -361,10 +382,21 @@ def bench_against(base_dir, recipe="models/fashion_mnist.toml", dataset="fashion
            "base": {"dir": str(base), "git": git_commit(base), "spikeff_file": files["base"]},
            "this": {"git": git_commit(here), "spikeff_file": files["this"]},
            "step_s": times, "samples_per_s_median": sps,
-           "ratio_this_over_base": sps["this"] / sps["base"], "ratio_per_round": per_round}
+           "ratio_this_over_base": sps["this"] / sps["base"], "ratio_per_round": per_round,
+           "load_average_at_end": list(os.getloadavg())}
     log(f"  against {base} ({res['base']['git']['commit']}): training samples/s (median) base "
         f"{sps['base']:.1f}, this {sps['this']:.1f} -> ratio {res['ratio_this_over_base']:.2f} "
         f"(per round {', '.join(f'{x:.2f}' for x in per_round)})")
+    if n_inference:
+        inf = {k: n_inference / float(np.median(v)) for k, v in inference.items()}
+        res["readout_inference"] = {
+            "samples": int(n_inference), "images": f"{dataset} test set, first {int(n_inference)}",
+            "seconds": inference, "samples_per_s_median": inf,
+            "ratio_this_over_base": inf["this"] / inf["base"],
+            "same_predictions_every_round": bool(all(same_predictions))}
+        log(f"  against {base}: inference by readout ({n_inference} test images) samples/s (median) base "
+            f"{inf['base']:.0f}, this {inf['this']:.0f} -> ratio {inf['this'] / inf['base']:.2f}; "
+            f"same predictions every round: {all(same_predictions)}")
     return res
 
 
@@ -545,6 +577,10 @@ def run_bench(quick: bool = False, out=None, shared_machine: bool = True, log=pr
         result["targets"]["recipe_gemm_share_pct"] = r["gemm_share_pct"]
     if against:
         result["targets"]["train_samples_per_s_over_base (target >= 2)"] = result["against"]["ratio_this_over_base"]
+        if "readout_inference" in result["against"]:
+            ri = result["against"]["readout_inference"]
+            result["targets"]["inference_readout_samples_per_s_fashion_mnist (target >= 2000)"] = \
+                ri["samples_per_s_median"]["this"]
     if tta:
         t = result["time_to_accuracy"]
         result["targets"]["minutes_to_86pct_val (target <= 7)"] = t["wall_minutes_to_target"]

@@ -94,3 +94,39 @@ def test_readout_inference_equals_recorded_simulation(digits):
     assert fast.shape == (240, 112) and np.any(fast != 0)
     np.testing.assert_array_equal(fast, general)
     np.testing.assert_array_equal(net.predict(Xt, "readout"), net.readout_.predict(general))
+
+
+def test_silent_steps_are_left_out_exactly(monkeypatch):
+    """The GEMM rows of leading steps whose traces are all zero (a phase starts from rest) are left
+    out: the same values up to rounding (float64: to 1e-12), the same spikes, and the store still
+    equals the replay bit for bit."""
+    E = np.zeros((4, 3, 5))
+    assert vec._silent_steps(E) == 4
+    E[2, 1, 3] = 1e-30
+    assert vec._silent_steps(E) == 2
+    E[0, 0, 0] = 1.0
+    assert vec._silent_steps(E) == 0
+    rng = np.random.default_rng(4)
+    lif = DiscreteLIF.from_config(NeuronConfig())
+    g = get_goodness("energy_relu")
+    W, _, src = _net_inputs(rng, B=40, M=30, N=(50, 40), T=9)
+    W = [w.astype(np.float64) for w in W]
+    mods = [rng.normal(size=40), rng.normal(size=40)]
+    out = {}
+    for skip in (True, False):
+        monkeypatch.setattr(vec, "SKIP_SILENT_STEPS", skip)
+        rec = run_phase(W, [None, None], lif, g, src, 4, record=True)
+        replay = run_phase(W, [None, None], lif, g, src, 4, modulators=mods)
+        first = run_phase(W, [None, None], lif, g, src, 4, keep=slice(None))
+        stored = grads_from_store(first.stored, mods)
+        for l in range(2):
+            np.testing.assert_array_equal(stored[l][0], replay.grads[l][0])
+        out[skip] = (rec, replay)
+    (r1, g1), (r0, g0) = out[True], out[False]
+    assert r1.record["spikes"][0].sum() > 50 and r1.record["spikes"][1].sum() > 20
+    for l in range(2):
+        # a layer l steps above the input cannot fire before step l: its first l + 1 currents are 0
+        assert not r1.record["v"][l][:l + 1].any() and r1.record["v"][l][l + 1].any()
+        np.testing.assert_array_equal(r1.record["spikes"][l], r0.record["spikes"][l])
+        np.testing.assert_allclose(r1.record["v"][l], r0.record["v"][l], rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(g1.grads[l][0], g0.grads[l][0], rtol=1e-12, atol=1e-14)

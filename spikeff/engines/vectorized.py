@@ -8,16 +8,32 @@ The model is the one of :mod:`spikeff.neuron`; per chunk of ``k = chunk_steps`` 
    ((2k) x (k+2)); on numpy the same recurrence in place (:func:`spikeff.neuron.trace_scan`,
    faster on CPUs than a small-by-huge GEMM);
 2. **currents**: ``u[t] = W @ e_u[t]`` (exactly the synaptic current) for the chunk as one GEMM
-   ``(k*B, M) @ (M, N)``;
+   ``(k*B, M) @ (M, N)``; the leading steps whose traces are all zero (a phase starts from rest:
+   e_u[0] = 0 in every layer, and layer l cannot fire before step l without a bias) get exactly
+   zero current without GEMM rows (:data:`SKIP_SILENT_STEPS`; 10% of layer 1's rows and 20% of
+   layer 2's at T = 10);
 3. **membrane** (nonlinear part): :func:`spikeff.neuron.lif_scan`, the only loop over time steps,
    4 in-place elementwise passes per step on (B, N) arrays; the spikes are written straight into
    the next layer's input buffer (one step of synaptic delay between layers, as stepping the whole
    network in time);
 4. **goodness**: ``g(v)`` (and ``g'(v)`` when learning) for the whole chunk at once, in place.
 
+On numpy, 3 and 4 (with the spike counts and the kept potentials) run as one threaded pass over
+tiles of :data:`TILE_ROWS` batch rows (the tile's potentials are reused while in cache), the same
+operations in the same order element by element as separate passes (bit-identical; with
+``record=True`` they run separately, since the records need the potentials before g(v)). The
+source writes each chunk's input spikes straight into the first layer's input buffer
+(:func:`spikeff.encoding.chunks_into`).
+
+Leaving out the silent steps' GEMM rows changes no value mathematically (their products are
+exact zeros); the smaller GEMMs round the other rows' sums differently in the last bit (OpenBLAS's
+blocking depends on the matrix shape: a row's result depends on how many rows the GEMM has), so
+results differ from a run without it as they would with another BLAS thread count.
+
 Learning (``modulators`` given): the exact subthreshold gradient of each layer's goodness,
 ``dG_b/dW = 1/(T N) sum_t g'(v_b[t]) (outer) e_v_b[t]``, weighted by the per-sample FF modulator
-``m_b`` and summed over the batch: one GEMM ``(N, k*B) @ (k*B, M)`` per chunk. The reset is
+``m_b`` and summed over the batch: one GEMM ``(N, k*B) @ (k*B, M)`` per chunk (without the rows of
+leading steps whose e_v are all zero: they add exactly nothing). The reset is
 ignored in the gradient (as e-prop does). Since ``m_b`` needs the goodness of the whole window,
 the update is computed after the phase, in one of two ways that give bit-identical updates:
 
@@ -211,7 +227,13 @@ class _Layer:
             E3 = E.reshape(-1, B, M)
             _parallel(lambda sl: trace_scan(self.Z[:k + 2, sl], E3[:, sl], k, lif, self.ev), B, M)
             V = self.U[:k]
-            np.matmul(E[:k].reshape(k * B, M), self.W.T, out=V.reshape(k * B, N))
+            # steps whose traces are all zero (the first steps of a phase from rest: e_u[0] = 0, and
+            # a layer above one that cannot fire yet) have exactly zero current: no GEMM rows for them
+            z = _silent_steps(E[:k].reshape(k, B, M))
+            if z:
+                V[:z] = 0
+            if z < k:
+                np.matmul(E[z:k].reshape((k - z) * B, M), self.W.T, out=V[z:].reshape((k - z) * B, N))
             self.Z[0] = E[k - 1].reshape(B, M)
             if self.ev:
                 self.Z[1] = E[2 * k - 1].reshape(B, M)
@@ -310,6 +332,22 @@ class _Layer:
         _accumulate(self, post, xp.reshape(E[k:2 * k, ...], (k * B, M)), k, e_b_steps)
 
 
+SKIP_SILENT_STEPS = True     # False: GEMMs over every step, also those with all-zero traces
+
+
+def _silent_steps(E) -> int:
+    """Number of leading steps of ``E`` (k, B, M) whose rows are all exactly zero (0 when
+    :data:`SKIP_SILENT_STEPS` is off). Their GEMM products are exact zeros, so leaving them out
+    changes no value mathematically; the smaller GEMM may round the other rows' sums differently
+    in the last bit (BLAS blocking depends on the matrix shape)."""
+    if not SKIP_SILENT_STEPS:
+        return 0
+    z = 0
+    while z < E.shape[0] and not E[z].any():
+        z += 1
+    return z
+
+
 def _accumulate(acc, post, Ev, k, e_b_steps):
     """``acc.dW += post^T Ev`` and ``acc.db += e_b . sum_b post`` for one chunk: the one place the
     update is formed, for the replay and for :func:`grads_from_store` (so both are bit-identical).
@@ -318,8 +356,11 @@ def _accumulate(acc, post, Ev, k, e_b_steps):
     B, N = post.shape[1], post.shape[2]
     post2 = xp.reshape(post, (k * B, N))
     if acc.np:
-        np.matmul(post2.T, Ev, out=acc.dW_chunk)
-        acc.dW += acc.dW_chunk
+        # rows of steps whose traces e_v are all zero add exactly nothing: left out of the GEMM
+        z = _silent_steps(Ev.reshape(k, B, -1))
+        if z < k:
+            np.matmul(post2[z * B:].T, Ev[z * B:], out=acc.dW_chunk)
+            acc.dW += acc.dW_chunk
         # over the whole batch at once (not per thread's part): the sum's order, and so its
         # last bits, do not depend on how many threads did the elementwise work
         acc.db += e_b_steps @ post.sum(axis=1, dtype=np.float64)
