@@ -32,6 +32,40 @@ def overlay_labels(X: np.ndarray, labels: np.ndarray, n_classes: int, label_repe
     return np.concatenate([X, np.repeat(lab, label_repeat, axis=1)], axis=1)
 
 
+_POOL = None
+_MIN_PARALLEL_DRAWS = 1 << 18
+
+
+def random_fill(rng, out):
+    """``rng.random(out=out)`` (float64), split over the engine's threads: with PCG64 (numpy's
+    default) a copy of the generator advanced by the draws of the parts before gives each part
+    exactly the numbers a single call would have drawn there (one 64-bit draw per double), so the
+    result and the generator's state afterwards are the same as ``rng.random(out=out)``."""
+    global _POOL
+    from .runs import engine_threads
+    flat = out.reshape(-1)
+    n = flat.size
+    parts = min(engine_threads(), n // _MIN_PARALLEL_DRAWS)
+    if parts <= 1 or type(rng.bit_generator) is not np.random.PCG64:
+        rng.random(out=out)
+        return out
+    if _POOL is None or _POOL._max_workers < parts:
+        from concurrent.futures import ThreadPoolExecutor
+        _POOL = ThreadPoolExecutor(max_workers=parts, thread_name_prefix="spikeff-rng")
+    bounds = np.linspace(0, n, parts + 1).astype(np.int64)
+    gens = [rng]
+    for a in bounds[1:-1]:
+        bg = np.random.PCG64()
+        bg.state = rng.bit_generator.state
+        bg.advance(int(a))
+        gens.append(np.random.Generator(bg))
+    jobs = [_POOL.submit(g.random, out=flat[a:b]) for g, a, b in zip(gens, bounds[:-1], bounds[1:])]
+    for j in jobs:
+        j.result()
+    rng.bit_generator.advance(int(n - bounds[1]))      # rng drew the first part: move it past the rest
+    return out
+
+
 class SpikeSource:
     """Deterministic spike trains for a batch of intensity vectors.
 
@@ -90,7 +124,7 @@ class SpikeSource:
             k = min(chunk_steps, self.n_steps - t0)
             out = buffer(k)
             if self.encoding == "rate":
-                rng.random(out=noise[:k])
+                random_fill(rng, noise[:k])
                 if r > 1:      # rows k*r .. k*r+r-1 share their random numbers
                     np.less(noise[:k, :, None, :], self.p.reshape(B // r, r, M), out=out.reshape(k, B // r, r, M))
                 else:

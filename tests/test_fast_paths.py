@@ -130,3 +130,19 @@ def test_silent_steps_are_left_out_exactly(monkeypatch):
         np.testing.assert_array_equal(r1.record["spikes"][l], r0.record["spikes"][l])
         np.testing.assert_allclose(r1.record["v"][l], r0.record["v"][l], rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(g1.grads[l][0], g0.grads[l][0], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_random_fill_in_parts_is_the_same_stream(monkeypatch, threads):
+    """Uniform numbers drawn in parts by advanced copies of the generator: the same numbers, and the
+    generator ends in the same state, as one ``rng.random`` call."""
+    import spikeff.encoding as enc
+    from spikeff import runs
+    monkeypatch.setattr(runs, "engine_threads", lambda: threads)
+    monkeypatch.setattr(enc, "_MIN_PARALLEL_DRAWS", 100)
+    ref = np.random.default_rng([3, 1])
+    rng = np.random.default_rng([3, 1])
+    for shape in [(7, 13, 11), (1, 1, 5), (2, 300)]:
+        got = enc.random_fill(rng, np.empty(shape))
+        np.testing.assert_array_equal(got, ref.random(shape))
+    np.testing.assert_array_equal(rng.random(9), ref.random(9))
