@@ -23,6 +23,9 @@ and on what else runs on it (the load average is recorded).
   the budget, then falls back to replay);
 * **spike kernels**: ``W @ x`` for 0/1 spikes ``x`` as a dense float32 GEMM against a sparse
   product (scipy.sparse CSR: the sum of the selected columns) at several densities: the crossover;
+* **switches** (section ``switches``, needs the data set): the gain of each of the engine's speed
+  switches (the fused membrane + goodness pass, leaving out the GEMM rows of silent steps, the
+  parallel random numbers), each turned off in turn against all on, alternately in this process;
 * **store vs replay** (section ``store``, needs the data set): the recipe trained with the default
   store budget and with ``store_budget_mb = 0``, alternately on the same batches: the gain of
   keeping the first pass, and whether the weights stay bit-identical;
@@ -439,6 +442,62 @@ def bench_store_vs_replay(recipe="models/fashion_mnist.toml", dataset="fashion_m
     return res
 
 
+def _switches():
+    """The engine's speed switches (module attributes) and the value that turns each off."""
+    from . import encoding
+    from .engines import vectorized
+    return {"fused_pass": (vectorized, "FUSED_PASS", False),
+            "skip_silent_steps": (vectorized, "SKIP_SILENT_STEPS", False),
+            "parallel_random": (encoding, "_MIN_PARALLEL_DRAWS", 1 << 62)}
+
+
+def bench_switches(recipe="models/fashion_mnist.toml", dataset="fashion_mnist", rounds=4, n_inference=1000,
+                   log=print) -> dict:
+    """The gain of each of the engine's speed switches, measured in this process: the recipe's
+    training step (one network, the same batch and seed every time) and inference by readout on
+    ``n_inference`` test images, with every switch on and with one switch off, alternately (ABAB)
+    for ``rounds`` rounds. ``gain`` = median time with the switch off / median time with all on."""
+    from .config import load_config
+    from .data import load_dataset
+    from .network import FFNetwork
+    cfg = load_config(recipe)
+    ds = load_dataset(dataset)
+    B = cfg.batch_size
+    net = FFNetwork(cfg).initialize(ds.X_train.shape[1], ds.n_classes)
+    X, y, Xi = ds.X_train[:2 * B], ds.y_train[:2 * B], ds.X_test[:n_inference]
+    net.train_batch(X[:B], y[:B], seed=[0, 0])
+    net.predict(Xi[:cfg.eval_batch_size], "readout")
+    switches = _switches()
+    settings = ["all_on"] + [f"{name}_off" for name in switches]
+    t_train, t_read = {k: [] for k in settings}, {k: [] for k in settings}
+    for r in range(rounds):
+        for setting in (settings if r % 2 == 0 else settings[::-1]):
+            saved = {name: getattr(mod, attr) for name, (mod, attr, _) in switches.items()}
+            try:
+                for name, (mod, attr, off) in switches.items():
+                    if setting == f"{name}_off":
+                        setattr(mod, attr, off)
+                t_train[setting].append(_timed(lambda: net.train_batch(X[B:], y[B:], seed=[0, 1])))
+                t_read[setting].append(_timed(lambda: net.predict(Xi, "readout")))
+            finally:
+                for name, (mod, attr, _) in switches.items():
+                    setattr(mod, attr, saved[name])
+    med_t = {k: float(np.median(v)) for k, v in t_train.items()}
+    med_r = {k: float(np.median(v)) for k, v in t_read.items()}
+    res = {"recipe": recipe, "dataset": dataset, "rounds": rounds, "inference_samples": n_inference,
+           "train_step_s": t_train, "readout_s": t_read,
+           "train_samples_per_s_median": {k: B / v for k, v in med_t.items()},
+           "readout_samples_per_s_median": {k: n_inference / v for k, v in med_r.items()},
+           "gain": {name: {"train": med_t[f"{name}_off"] / med_t["all_on"],
+                           "readout": med_r[f"{name}_off"] / med_r["all_on"]} for name in switches},
+           "load_average_at_end": list(os.getloadavg())}
+    log("  switches (gain = time off / time on; train step, readout inference): "
+        + ", ".join(f"{n} {g['train']:.2f}/{g['readout']:.2f}" for n, g in res["gain"].items())
+        + f"; all on: train {res['train_samples_per_s_median']['all_on']:.0f} samples/s, readout "
+        f"{res['readout_samples_per_s_median']['all_on']:.0f} samples/s")
+    return res
+
+
 class _Reached(Exception):
     pass
 
@@ -505,8 +564,8 @@ def environment() -> dict:
     return env
 
 
-SECTIONS = ("gemm", "recipe", "store", "training", "memory", "kernels", "brian2")
-DEFAULT_SECTIONS = ("gemm", "recipe", "training", "memory", "kernels", "brian2")   # "store" needs the data set
+SECTIONS = ("gemm", "recipe", "store", "switches", "training", "memory", "kernels", "brian2")
+DEFAULT_SECTIONS = ("gemm", "recipe", "training", "memory", "kernels", "brian2")   # "store", "switches": need the data set
 
 
 def run_bench(quick: bool = False, out=None, shared_machine: bool = True, log=print, against=None,
@@ -519,7 +578,7 @@ def run_bench(quick: bool = False, out=None, shared_machine: bool = True, log=pr
         raise ValueError(f"sections: {sorted(bad)} are not valid; choose from {list(SECTIONS)}")
     p = QUICK if quick else FULL
     t_start = time.perf_counter()
-    cfg = load_config(recipe) if (against or tta or {"recipe", "store"} & set(sections)) else None
+    cfg = load_config(recipe) if (against or tta or {"recipe", "store", "switches"} & set(sections)) else None
     result = {"spikeff_bench": 2, "quick": quick, "command": command or " ".join(sys.argv),
               "provenance": provenance(config=cfg, recipe=recipe if cfg is not None else None),
               "environment": environment(), "shared_machine": shared_machine,
@@ -542,6 +601,9 @@ def run_bench(quick: bool = False, out=None, shared_machine: bool = True, log=pr
         result["recipe_step"]["recipe"] = recipe
     if "store" in sections:
         result["store_vs_replay"] = bench_store_vs_replay(recipe, dataset, log=log)
+    if "switches" in sections:
+        result["switches"] = bench_switches(recipe, dataset, rounds=1 if quick else 4,
+                                            n_inference=100 if quick else 1000, log=log)
     if "training" in sections:
         for hidden, batch in p["networks"]:
             result["training"].append(bench_network(hidden, batch, p["n_steps"], p["reps"],
