@@ -186,7 +186,11 @@ def _memory_child(hidden, batch, n_steps, dtype, store_budget_mb=0.0):
     """Run in a fresh process: peak traced memory of one training step (after a warm-up step)."""
     import resource
     import tracemalloc
+    from .engines import vectorized
     from .network import FFNetwork
+    # every buffer of the step allocated within it (not kept from the warm-up step), so the traced
+    # peak is the step's whole working set
+    vectorized.REUSE_BUFFERS = False
     cfg = _config(hidden, batch, n_steps, dtype)
     net = FFNetwork(cfg, store_budget_mb=store_budget_mb).initialize(N_FEATURES, N_CLASSES)
     X, y = _data(batch)

@@ -112,14 +112,18 @@ class SpikeSource:
                 steps = np.arange(t0, t0 + k)[:, None, None] % self.period
                 yield (self.spike_time[None] == steps).astype(self.dtype)
 
-    def chunks_into(self, chunk_steps: int, buffer):
+    def chunks_into(self, chunk_steps: int, buffer, scratch=None):
         """:meth:`chunks` written into ``buffer(k)`` (a (k, batch, channels) array, e.g. the engine's
         input buffer) instead of new arrays; yields k per chunk. The same spikes as :meth:`chunks`
-        (the same random numbers, drawn into one reused buffer), without the temporaries."""
+        (the same random numbers, drawn into one reused buffer), without the temporaries.
+        ``scratch(name, shape, dtype)``: where to get the random numbers' buffer (default: new)."""
         rng = np.random.default_rng(self.seed)
         B, M = self.x.shape
         r = self.rows_per_noise
-        noise = np.empty((min(chunk_steps, self.n_steps), B // r, M)) if self.encoding == "rate" else None
+        noise = None
+        if self.encoding == "rate":
+            shape = (min(chunk_steps, self.n_steps), B // r, M)
+            noise = np.empty(shape) if scratch is None else scratch("noise", shape, np.float64)
         for t0 in range(0, self.n_steps, chunk_steps):
             k = min(chunk_steps, self.n_steps - t0)
             out = buffer(k)
@@ -187,12 +191,13 @@ class ConcatSource:
         for parts in zip(*(s.chunks(chunk_steps) for s in self.sources)):
             yield np.concatenate(parts, axis=1)
 
-    def chunks_into(self, chunk_steps: int, buffer):
+    def chunks_into(self, chunk_steps: int, buffer, scratch=None):
         """:meth:`chunks` written into ``buffer(k)`` (see :meth:`SpikeSource.chunks_into`): each
         part fills its own rows; yields k per chunk."""
         bounds = np.concatenate([[0], np.cumsum(self.sizes)])
-        parts = [chunks_into(s, chunk_steps, (lambda k, a=a, b=b: buffer(k)[:, a:b]))
-                 for s, a, b in zip(self.sources, bounds[:-1], bounds[1:])]
+        parts = [chunks_into(s, chunk_steps, (lambda k, a=a, b=b: buffer(k)[:, a:b]),
+                             None if scratch is None else (lambda name, shape, dtype, i=i: scratch((i, name), shape, dtype)))
+                 for i, (s, a, b) in enumerate(zip(self.sources, bounds[:-1], bounds[1:]))]
         for ks in zip(*parts):
             yield ks[0]
 
@@ -200,11 +205,12 @@ class ConcatSource:
         return np.concatenate(list(self.chunks(self.n_steps)), axis=0)
 
 
-def chunks_into(source, chunk_steps: int, buffer):
+def chunks_into(source, chunk_steps: int, buffer, scratch=None):
     """Write ``source``'s chunks into ``buffer(k)`` and yield k per chunk: the source's own
-    ``chunks_into`` when it has one, else a copy of each chunk of ``source.chunks``."""
+    ``chunks_into`` when it has one, else a copy of each chunk of ``source.chunks``.
+    ``scratch(name, shape, dtype)``: a provider of work buffers (see :meth:`SpikeSource.chunks_into`)."""
     if hasattr(source, "chunks_into"):
-        yield from source.chunks_into(chunk_steps, buffer)
+        yield from source.chunks_into(chunk_steps, buffer, scratch)
         return
     for chunk in source.chunks(chunk_steps):
         k = chunk.shape[0]

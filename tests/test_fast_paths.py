@@ -146,3 +146,51 @@ def test_random_fill_in_parts_is_the_same_stream(monkeypatch, threads):
         got = enc.random_fill(rng, np.empty(shape))
         np.testing.assert_array_equal(got, ref.random(shape))
     np.testing.assert_array_equal(rng.random(9), ref.random(9))
+
+
+def test_work_buffers_are_reused_per_thread_and_bounded(monkeypatch):
+    import threading
+    a = vec.work_buffer(("t", 0), (3, 4), np.float32)
+    a[...] = 5
+    b = vec.work_buffer(("t", 0), (3, 4), np.float32, zero=True)
+    assert b is a and not b.any()
+    assert vec.work_buffer(("t", 1), (3, 4), np.float32) is not a          # another name
+    assert vec.work_buffer(("t", 0), (3, 5), np.float32) is not a          # another shape
+    other = []
+    t = threading.Thread(target=lambda: other.append(vec.work_buffer(("t", 0), (3, 4), np.float32)))
+    t.start()
+    t.join()
+    assert other[0] is not a                                                 # per thread
+    monkeypatch.setattr(vec, "WORK_BUFFER_BYTES", 100)
+    big = vec.work_buffer(("t", 2), (30,), np.float64)                      # 240 bytes: the others go
+    assert vec.work_buffer(("t", 2), (30,), np.float64) is big
+    assert vec.work_buffer(("t", 0), (3, 4), np.float32) is not a
+    monkeypatch.setattr(vec, "REUSE_BUFFERS", False)
+    assert vec.work_buffer(("t", 2), (30,), np.float64) is not big
+
+
+def test_reused_buffers_give_the_same_results(monkeypatch):
+    """A call on buffers a previous call left dirty (other data, other modulators, kept rows)
+    gives the bits of a call on fresh buffers."""
+    rng = np.random.default_rng(9)
+    lif = DiscreteLIF.from_config(NeuronConfig(refractory=2e-3))
+    g = get_goodness("energy_relu")
+    W, b, src = _net_inputs(rng, B=60, M=40, N=(70, 50), T=11)
+    _, _, other = _net_inputs(rng, B=60, M=40, N=(70, 50), T=11)
+    mods = [rng.normal(size=60), rng.normal(size=60)]
+
+    def calls():
+        first = run_phase(W, b, lif, g, src, 4, keep=slice(10, 50))
+        return (run_phase(W, b, lif, g, src, 4, modulators=mods), first,
+                grads_from_store(first.stored, [m[10:50] for m in mods]))
+    monkeypatch.setattr(vec, "REUSE_BUFFERS", False)
+    fresh = calls()
+    monkeypatch.setattr(vec, "REUSE_BUFFERS", True)
+    run_phase(W, b, lif, g, other, 4, modulators=[m[::-1] for m in mods], keep=slice(None))
+    reused = calls()
+    for l in range(2):
+        for j in range(2):
+            np.testing.assert_array_equal(fresh[0].grads[l][j], reused[0].grads[l][j])
+            np.testing.assert_array_equal(fresh[2][l][j], reused[2][l][j])
+        np.testing.assert_array_equal(fresh[1].neuron_goodness[l], reused[1].neuron_goodness[l])
+        np.testing.assert_array_equal(fresh[1].spike_counts[l], reused[1].spike_counts[l])

@@ -46,7 +46,8 @@ the update is computed after the phase, in one of two ways that give bit-identic
   chunk: memory O(chunk_steps), not O(T).
 
 The caller chooses by a memory budget (:func:`store_bytes`; ``FFNetwork.store_budget_mb``). All
-work buffers are allocated once per call with ``chunk_steps`` rows.
+work buffers have ``chunk_steps`` rows and are reused from call to call (:func:`work_buffer`:
+per thread, by name and shape; allocating them afresh costs a page fault per 4 KiB page).
 
 Any array-API namespace works (the one of the weights: numpy, cupy, torch); numpy uses in-place
 ``out=`` kernels, others the functional form :func:`spikeff.neuron.lif_scan_xp`. Every array is
@@ -55,6 +56,8 @@ tests), so the whole phase runs there.
 """
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -157,7 +160,7 @@ class _Layer:
     """Buffers and state of one layer for one phase (O(chunk_steps) memory)."""
 
     def __init__(self, W, bias, lif, goodness, B, K, modulator, T, xp, normalize=False, keep=None,
-                 record=False):
+                 record=False, index=0):
         N, M = W.shape
         self.W, self.bias, self.lif, self.goodness, self.xp = W, bias, lif, goodness, xp
         self.normalize = normalize
@@ -175,28 +178,33 @@ class _Layer:
         self._filters = {}
         f64 = np.float64 if self.np else xp.float64
         dev = {} if self.np else {"device": self.device}
-        zeros = (lambda shape, dt=self.dtype: xp.zeros(shape, dtype=dt, **dev))
-        self.dec = zeros((B, N))                                  # a_mem * v after reset
-        self.ref = zeros((B, N), np.int32 if self.np else xp.int32) if lif.refractory_steps > 0 else None
-        self.g_acc = zeros((B, N), f64)
-        self.counts = zeros((B, N), f64)
+        if self.np:         # work buffers reused across calls (work_buffer), named per layer
+            zeros = (lambda shape, dt=self.dtype, name=None: work_buffer((name, index), shape, dt, zero=True))
+            empty = (lambda shape, dt=self.dtype, name=None: work_buffer((name, index), shape, dt))
+        else:
+            zeros = (lambda shape, dt=self.dtype, name=None: xp.zeros(shape, dtype=dt, **dev))
+        self.dec = zeros((B, N), name="dec")                      # a_mem * v after reset
+        self.ref = (zeros((B, N), np.int32 if self.np else xp.int32, name="ref")
+                    if lif.refractory_steps > 0 else None)
+        self.g_acc = zeros((B, N), f64, name="g_acc")
+        self.counts = zeros((B, N), f64, name="counts")
         if self.np:
             # Z rows: e_u, e_v (state at the chunk start), x[t0-1], then the chunk's k input steps
-            self.Z = zeros((K + 3, B, M))
-            self.E = np.empty(((2 if self.ev else 1) * K, B * M), dtype=self.dtype)
-            self.U = np.empty((K, B, N), dtype=self.dtype)
-            self.mask = np.empty((B, N), dtype=bool)
-            self.rmask = np.empty((B, N), dtype=bool) if self.ref is not None else None
+            self.Z = zeros((K + 3, B, M), name="Z")
+            self.E = empty(((2 if self.ev else 1) * K, B * M), name="E")
+            self.U = empty((K, B, N), name="U")
+            self.mask = empty((B, N), bool, name="mask")
+            self.rmask = empty((B, N), bool, name="rmask") if self.ref is not None else None
         else:
             self.state = zeros((3, B, M))                         # e_u, e_v, x[t0-1]
         if self.learn:
             scale = np.asarray(to_numpy(modulator), dtype=np.float64) / (T * N)
             self.scale = to_backend(scale.reshape(1, B, 1), xp, self.device, dtype=self.dtype)
-            self.dW = zeros((N, M), f64)
-            self.db = zeros((N,), f64)
+            self.dW = zeros((N, M), f64, name="dW")
+            self.db = zeros((N,), f64, name="db")
             if self.np:
-                self.post = np.empty((K, B, N), dtype=self.dtype)
-                self.dW_chunk = np.empty((N, M), dtype=self.dtype)
+                self.post = empty((K, B, N), name="post")
+                self.dW_chunk = empty((N, M), name="dW_chunk")
 
     def input_buffer(self, k):
         """Where the layer below (or the source) writes this chunk's input spikes (numpy), or None."""
@@ -297,7 +305,7 @@ class _Layer:
                 fused(Vt, post[:, t] if self.learn else None, self.scale[:, t] if self.learn else None)
                 self.g_acc[t] += Vt.sum(axis=0)
         bounds = _parts(B, N)
-        if len(bounds) == 1:
+        if len(bounds) <= 2:            # one part: in this thread
             part(slice(0, B))
         else:
             _parallel_parts(part, bounds)
@@ -330,6 +338,38 @@ class _Layer:
         if not self.learn:
             return
         _accumulate(self, post, xp.reshape(E[k:2 * k, ...], (k * B, M)), k, e_b_steps)
+
+
+REUSE_BUFFERS = True         # False: fresh work buffers in every call
+WORK_BUFFER_BYTES = 1 << 29  # at most this many bytes of reused work buffers per thread (LRU)
+_WORK = threading.local()
+
+
+def work_buffer(name, shape, dtype, zero=False):
+    """A numpy work buffer of ``shape`` and ``dtype`` for one call of the engine, reused by the
+    next call that asks for the same ``name``, shape and dtype in the same thread (least recently
+    used first out above :data:`WORK_BUFFER_BYTES`). Each call allocating its buffers afresh
+    costs the kernel's page faults on every large array (numpy's large arrays are mmapped):
+    about a quarter of the time of readout inference on the Fashion-MNIST recipe. Never returned to
+    the caller: results are new arrays. ``zero``: filled with zeros."""
+    shape = tuple(int(n) for n in shape)
+    if not REUSE_BUFFERS:
+        return (np.zeros if zero else np.empty)(shape, dtype=dtype)
+    pool = getattr(_WORK, "pool", None)
+    if pool is None:
+        pool = _WORK.pool = OrderedDict()
+    key = (name, shape, np.dtype(dtype).str)
+    a = pool.pop(key, None)
+    if a is None:
+        a = np.empty(shape, dtype=dtype)
+    pool[key] = a
+    total = sum(b.nbytes for b in pool.values())
+    while total > WORK_BUFFER_BYTES and len(pool) > 1:
+        _, old = pool.popitem(last=False)
+        total -= old.nbytes
+    if zero:
+        a.fill(0)
+    return a
 
 
 SKIP_SILENT_STEPS = True     # False: GEMMs over every step, also those with all-zero traces
@@ -373,17 +413,20 @@ def _accumulate(acc, post, Ev, k, e_b_steps):
 class _Accumulator:
     """The gradient sums of one layer for :func:`grads_from_store` (same fields as a learning _Layer)."""
 
-    def __init__(self, like_v, like_e, xp):
+    def __init__(self, like_v, like_e, xp, index=0):
         self.xp, self.np = xp, xp is np
         N, M = like_v.shape[2], like_e.shape[2]
         self.device = None if self.np else device_of(like_v)
         dev = {} if self.np else {"device": self.device}
         f64 = np.float64 if self.np else xp.float64
-        self.dW = xp.zeros((N, M), dtype=f64, **dev)
-        self.db = xp.zeros((N,), dtype=f64, **dev)
         self.dtype = like_v.dtype
         if self.np:
-            self.dW_chunk = np.empty((N, M), dtype=self.dtype)
+            self.dW = work_buffer(("acc_dW", index), (N, M), f64, zero=True)
+            self.db = work_buffer(("acc_db", index), (N,), f64, zero=True)
+            self.dW_chunk = work_buffer(("dW_chunk", index), (N, M), self.dtype)
+        else:
+            self.dW = xp.zeros((N, M), dtype=f64, **dev)
+            self.db = xp.zeros((N,), dtype=f64, **dev)
 
 
 def grads_from_store(stored: StoredFactors, modulators) -> list:
@@ -405,13 +448,13 @@ def grads_from_store(stored: StoredFactors, modulators) -> list:
             continue
         v0, e0, _ = chunks[0]
         xp = np if isinstance(v0, np.ndarray) else namespace(v0)
-        acc = _Accumulator(v0, e0, xp)
+        acc = _Accumulator(v0, e0, xp, index=l)
         N, M, R = v0.shape[2], e0.shape[2], stored.rows
         m = np.asarray(to_numpy(m), dtype=np.float64)
         if m.shape != (R,):
             raise ValueError(f"layer {l}: modulators must have shape ({R},) (one per kept row), got {m.shape}")
         scale = to_backend((m / (stored.n_steps * N)).reshape(1, R, 1), xp, acc.device, dtype=acc.dtype)
-        post_buf = np.empty_like(v0) if acc.np else None
+        post_buf = work_buffer(("store_post", l), v0.shape, v0.dtype) if acc.np else None
         for V, Ev, e_b_steps in chunks:
             k = V.shape[0]
             if acc.np and g.fused is not None:
@@ -450,14 +493,16 @@ def run_phase(weights, biases, lif: DiscreteLIF, goodness: Goodness, source, chu
     K = min(chunk_steps, T)
     mods = modulators if modulators is not None else [None] * L
     layers = [_Layer(W, biases[l], lif, goodness, B, K, mods[l], T, xp, normalize=normalize and l > 0,
-                     keep=keep, record=record) for l, W in enumerate(weights)]
+                     keep=keep, record=record, index=l) for l, W in enumerate(weights)]
     device = None if xp is np else device_of(weights[0])
-    last_out = np.empty((K, B, weights[-1].shape[0]), dtype=weights[-1].dtype) if xp is np else None
+    last_out = (work_buffer(("last_out", L), (K, B, weights[-1].shape[0]), weights[-1].dtype)
+                if xp is np else None)
     rec_in, rec_s, rec_v = [], [[] for _ in range(L)], [[] for _ in range(L)]
     e_b = 0.0
     # numpy: the source writes each chunk's spikes straight into the first layer's input buffer
-    steps = (chunks_into(source, chunk_steps, layers[0].input_buffer) if xp is np
-             else source.chunks(chunk_steps))
+    steps = (chunks_into(source, chunk_steps, layers[0].input_buffer,
+                         scratch=lambda name, shape, dtype: work_buffer(("source", name), shape, dtype))
+             if xp is np else source.chunks(chunk_steps))
     for chunk in steps:
         k = chunk if xp is np else chunk.shape[0]
         e_b_steps, e_b = bias_trace(lif.a_mem, e_b, k)     # dv[t]/db without reset, this chunk
