@@ -25,7 +25,8 @@ and on what else runs on it (the load average is recorded).
   product (scipy.sparse CSR: the sum of the selected columns) at several densities: the crossover;
 * **switches** (section ``switches``, needs the data set): the gain of each of the engine's speed
   switches (the fused membrane + goodness pass, leaving out the GEMM rows of silent steps, the
-  parallel random numbers), each turned off in turn against all on, alternately in this process;
+  parallel random numbers, work buffers reused across calls), each turned off in turn against all
+  on, alternately in this process;
 * **store vs replay** (section ``store``, needs the data set): the recipe trained with the default
   store budget and with ``store_budget_mb = 0``, alternately on the same batches: the gain of
   keeping the first pass, and whether the weights stay bit-identical;
@@ -452,7 +453,8 @@ def _switches():
     from .engines import vectorized
     return {"fused_pass": (vectorized, "FUSED_PASS", False),
             "skip_silent_steps": (vectorized, "SKIP_SILENT_STEPS", False),
-            "parallel_random": (encoding, "_MIN_PARALLEL_DRAWS", 1 << 62)}
+            "parallel_random": (encoding, "_MIN_PARALLEL_DRAWS", 1 << 62),
+            "reuse_buffers": (vectorized, "REUSE_BUFFERS", False)}
 
 
 def bench_switches(recipe="models/fashion_mnist.toml", dataset="fashion_mnist", rounds=4, n_inference=1000,
