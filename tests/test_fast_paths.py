@@ -194,3 +194,21 @@ def test_reused_buffers_give_the_same_results(monkeypatch):
             np.testing.assert_array_equal(fresh[2][l][j], reused[2][l][j])
         np.testing.assert_array_equal(fresh[1].neuron_goodness[l], reused[1].neuron_goodness[l])
         np.testing.assert_array_equal(fresh[1].spike_counts[l], reused[1].spike_counts[l])
+
+
+def test_kept_rows_with_a_step(monkeypatch):
+    """Kept rows given as a slice with a step: the same stored update as the unfused path."""
+    monkeypatch.setattr(vec, "n_threads", lambda: 2)
+    rng = np.random.default_rng(5)
+    lif = DiscreteLIF.from_config(NeuronConfig())
+    g = get_goodness("energy_relu")
+    W, b, src = _net_inputs(rng)
+    keep = slice(5, 140, 3)
+    mods = [rng.normal(size=len(range(150)[keep])), None]
+    got = {}
+    for fused in (True, False):
+        monkeypatch.setattr(vec, "FUSED_PASS", fused)
+        got[fused] = grads_from_store(run_phase(W, b, lif, g, src, 5, keep=keep).stored, mods)
+    assert got[True][1] is None and np.any(got[True][0][0] != 0)
+    for j in range(2):
+        np.testing.assert_array_equal(got[True][0][j], got[False][0][j])

@@ -174,7 +174,8 @@ class _Layer:
         # numpy with a fused goodness kernel: _scan_and_goodness does the membrane, the spikes, the
         # counts, the kept factors and the goodness of a chunk in one threaded pass (not when the
         # potentials are recorded: they are overwritten with g(v))
-        self.fused_goodness = FUSED_PASS and self.np and goodness.fused is not None and not record
+        self.fused_goodness = (FUSED_PASS and self.np and goodness.fused is not None and not record
+                               and (keep is None or keep.step in (None, 1)))
         self._filters = {}
         f64 = np.float64 if self.np else xp.float64
         dev = {} if self.np else {"device": self.device}
