@@ -23,6 +23,10 @@ and on what else runs on it (the load average is recorded).
   the budget, then falls back to replay);
 * **spike kernels**: ``W @ x`` for 0/1 spikes ``x`` as a dense float32 GEMM against a sparse
   product (scipy.sparse CSR: the sum of the selected columns) at several densities: the crossover;
+* **switches** (section ``switches``, needs the data set): the gain of each of the engine's speed
+  switches (the fused membrane + goodness pass, leaving out the GEMM rows of silent steps, the
+  parallel random numbers, work buffers reused across calls), each turned off in turn against all
+  on, alternately in this process;
 * **store vs replay** (section ``store``, needs the data set): the recipe trained with the default
   store budget and with ``store_budget_mb = 0``, alternately on the same batches: the gain of
   keeping the first pass, and whether the weights stay bit-identical;
@@ -183,7 +187,11 @@ def _memory_child(hidden, batch, n_steps, dtype, store_budget_mb=0.0):
     """Run in a fresh process: peak traced memory of one training step (after a warm-up step)."""
     import resource
     import tracemalloc
+    from .engines import vectorized
     from .network import FFNetwork
+    # every buffer of the step allocated within it (not kept from the warm-up step), so the traced
+    # peak is the step's whole working set
+    vectorized.REUSE_BUFFERS = False
     cfg = _config(hidden, batch, n_steps, dtype)
     net = FFNetwork(cfg, store_budget_mb=store_budget_mb).initialize(N_FEATURES, N_CLASSES)
     X, y = _data(batch)
@@ -300,9 +308,18 @@ B = cfg.batch_size
 X, y = ds.X_train, ds.y_train
 net = FFNetwork(cfg).initialize(X.shape[1], int(y.max()) + 1)
 net.train_batch(X[:B], y[:B], seed=[0, 0])
+n_inf = int(sys.argv[3])
+X_inf = ds.X_test[:n_inf]
+net.predict(X_inf[:cfg.eval_batch_size], "readout")
 print(json.dumps({"ready": spikeff.__file__}), flush=True)
 i = 1
 for line in sys.stdin:
+    if line.startswith("readout"):      # inference by readout on the test images (current weights)
+        t0 = time.perf_counter()
+        pred = net.predict(X_inf, "readout")
+        t = time.perf_counter() - t0
+        print(json.dumps({"seconds": t, "predictions": pred.tolist()}), flush=True)
+        continue
     k = int(line)
     times = []
     for _ in range(k):
@@ -316,10 +333,13 @@ for line in sys.stdin:
 
 
 def bench_against(base_dir, recipe="models/fashion_mnist.toml", dataset="fashion_mnist", rounds=6,
-                  steps_per_round=3, log=print) -> dict:
+                  steps_per_round=3, log=print, n_inference=2000) -> dict:
     """Training samples/s of the recipe with the spikeff of ``base_dir`` (a checkout of another
     commit, e.g. ``git worktree add /tmp/perf-base a1729a8``) and with this one: two persistent
-    processes, run alternately (round by round) on the same batches and seeds."""
+    processes, run alternately (round by round) on the same batches and seeds. After each round's
+    training steps, also inference by readout (``predict(X, "readout")``) on the first
+    ``n_inference`` test images with the weights trained so far (0: not measured); both checkouts
+    have trained on the same batches, so their predictions are compared too."""
     from .runs import git_commit
     here = Path(__file__).resolve().parent.parent
     base = Path(base_dir).resolve()
@@ -330,7 +350,8 @@ def bench_against(base_dir, recipe="models/fashion_mnist.toml", dataset="fashion
     try:
         for name, root in (("base", base), ("this", here)):
             env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-            procs[name] = subprocess.Popen([sys.executable, "-c", _AGAINST_CHILD, recipe, dataset],
+            procs[name] = subprocess.Popen([sys.executable, "-c", _AGAINST_CHILD, recipe, dataset,
+                                            str(int(n_inference))],
                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                            env=env, cwd=str(root))
         files = {}
@@ -338,16 +359,24 @@ def bench_against(base_dir, recipe="models/fashion_mnist.toml", dataset="fashion
             files[name] = json.loads(pr.stdout.readline())["ready"]
             if not files[name].startswith(str(base if name == "base" else here)):
                 raise RuntimeError(f"{name}: imported spikeff from {files[name]}, not from its checkout")
-        per_round = []
+        per_round, inference, same_predictions = [], {"base": [], "this": []}, []
         for r in range(rounds):
             order = ("base", "this") if r % 2 == 0 else ("this", "base")
-            got = {}
+            got, preds = {}, {}
             for name in order:
                 procs[name].stdin.write(f"{steps_per_round}\n")
                 procs[name].stdin.flush()
                 got[name] = json.loads(procs[name].stdout.readline())["times"]
                 times[name] += got[name]
             per_round.append(float(np.median(got["base"]) / np.median(got["this"])))
+            if n_inference:
+                for name in order:
+                    procs[name].stdin.write("readout\n")
+                    procs[name].stdin.flush()
+                    answer = json.loads(procs[name].stdout.readline())
+                    inference[name].append(answer["seconds"])
+                    preds[name] = answer["predictions"]
+                same_predictions.append(preds["base"] == preds["this"])
     finally:
         for pr in procs.values():
             if pr.stdin:
@@ -361,10 +390,21 @@ def bench_against(base_dir, recipe="models/fashion_mnist.toml", dataset="fashion
            "base": {"dir": str(base), "git": git_commit(base), "spikeff_file": files["base"]},
            "this": {"git": git_commit(here), "spikeff_file": files["this"]},
            "step_s": times, "samples_per_s_median": sps,
-           "ratio_this_over_base": sps["this"] / sps["base"], "ratio_per_round": per_round}
+           "ratio_this_over_base": sps["this"] / sps["base"], "ratio_per_round": per_round,
+           "load_average_at_end": list(os.getloadavg())}
     log(f"  against {base} ({res['base']['git']['commit']}): training samples/s (median) base "
         f"{sps['base']:.1f}, this {sps['this']:.1f} -> ratio {res['ratio_this_over_base']:.2f} "
         f"(per round {', '.join(f'{x:.2f}' for x in per_round)})")
+    if n_inference:
+        inf = {k: n_inference / float(np.median(v)) for k, v in inference.items()}
+        res["readout_inference"] = {
+            "samples": int(n_inference), "images": f"{dataset} test set, first {int(n_inference)}",
+            "seconds": inference, "samples_per_s_median": inf,
+            "ratio_this_over_base": inf["this"] / inf["base"],
+            "same_predictions_every_round": bool(all(same_predictions))}
+        log(f"  against {base}: inference by readout ({n_inference} test images) samples/s (median) base "
+            f"{inf['base']:.0f}, this {inf['this']:.0f} -> ratio {inf['this'] / inf['base']:.2f}; "
+            f"same predictions every round: {all(same_predictions)}")
     return res
 
 
@@ -404,6 +444,63 @@ def bench_store_vs_replay(recipe="models/fashion_mnist.toml", dataset="fashion_m
     log(f"  store vs replay ({recipe}): {res['samples_per_s_median']['store']:.1f} vs "
         f"{res['samples_per_s_median']['replay']:.1f} samples/s -> {res['speedup_store_over_replay']:.2f}x; "
         f"weights bit-identical after {res['steps']} steps: {same}")
+    return res
+
+
+def _switches():
+    """The engine's speed switches (module attributes) and the value that turns each off."""
+    from . import encoding
+    from .engines import vectorized
+    return {"fused_pass": (vectorized, "FUSED_PASS", False),
+            "skip_silent_steps": (vectorized, "SKIP_SILENT_STEPS", False),
+            "parallel_random": (encoding, "_MIN_PARALLEL_DRAWS", 1 << 62),
+            "reuse_buffers": (vectorized, "REUSE_BUFFERS", False)}
+
+
+def bench_switches(recipe="models/fashion_mnist.toml", dataset="fashion_mnist", rounds=4, n_inference=1000,
+                   log=print) -> dict:
+    """The gain of each of the engine's speed switches, measured in this process: the recipe's
+    training step (one network, the same batch and seed every time) and inference by readout on
+    ``n_inference`` test images, with every switch on and with one switch off, alternately (ABAB)
+    for ``rounds`` rounds. ``gain`` = median time with the switch off / median time with all on."""
+    from .config import load_config
+    from .data import load_dataset
+    from .network import FFNetwork
+    cfg = load_config(recipe)
+    ds = load_dataset(dataset)
+    B = cfg.batch_size
+    net = FFNetwork(cfg).initialize(ds.X_train.shape[1], ds.n_classes)
+    X, y, Xi = ds.X_train[:2 * B], ds.y_train[:2 * B], ds.X_test[:n_inference]
+    net.train_batch(X[:B], y[:B], seed=[0, 0])
+    net.predict(Xi[:cfg.eval_batch_size], "readout")
+    switches = _switches()
+    settings = ["all_on"] + [f"{name}_off" for name in switches]
+    t_train, t_read = {k: [] for k in settings}, {k: [] for k in settings}
+    for r in range(rounds):
+        for setting in (settings if r % 2 == 0 else settings[::-1]):
+            saved = {name: getattr(mod, attr) for name, (mod, attr, _) in switches.items()}
+            try:
+                for name, (mod, attr, off) in switches.items():
+                    if setting == f"{name}_off":
+                        setattr(mod, attr, off)
+                t_train[setting].append(_timed(lambda: net.train_batch(X[B:], y[B:], seed=[0, 1])))
+                t_read[setting].append(_timed(lambda: net.predict(Xi, "readout")))
+            finally:
+                for name, (mod, attr, _) in switches.items():
+                    setattr(mod, attr, saved[name])
+    med_t = {k: float(np.median(v)) for k, v in t_train.items()}
+    med_r = {k: float(np.median(v)) for k, v in t_read.items()}
+    res = {"recipe": recipe, "dataset": dataset, "rounds": rounds, "inference_samples": n_inference,
+           "train_step_s": t_train, "readout_s": t_read,
+           "train_samples_per_s_median": {k: B / v for k, v in med_t.items()},
+           "readout_samples_per_s_median": {k: n_inference / v for k, v in med_r.items()},
+           "gain": {name: {"train": med_t[f"{name}_off"] / med_t["all_on"],
+                           "readout": med_r[f"{name}_off"] / med_r["all_on"]} for name in switches},
+           "load_average_at_end": list(os.getloadavg())}
+    log("  switches (gain = time off / time on; train step, readout inference): "
+        + ", ".join(f"{n} {g['train']:.2f}/{g['readout']:.2f}" for n, g in res["gain"].items())
+        + f"; all on: train {res['train_samples_per_s_median']['all_on']:.0f} samples/s, readout "
+        f"{res['readout_samples_per_s_median']['all_on']:.0f} samples/s")
     return res
 
 
@@ -473,8 +570,8 @@ def environment() -> dict:
     return env
 
 
-SECTIONS = ("gemm", "recipe", "store", "training", "memory", "kernels", "brian2")
-DEFAULT_SECTIONS = ("gemm", "recipe", "training", "memory", "kernels", "brian2")   # "store" needs the data set
+SECTIONS = ("gemm", "recipe", "store", "switches", "training", "memory", "kernels", "brian2")
+DEFAULT_SECTIONS = ("gemm", "recipe", "training", "memory", "kernels", "brian2")   # "store", "switches": need the data set
 
 
 def run_bench(quick: bool = False, out=None, shared_machine: bool = True, log=print, against=None,
@@ -487,7 +584,7 @@ def run_bench(quick: bool = False, out=None, shared_machine: bool = True, log=pr
         raise ValueError(f"sections: {sorted(bad)} are not valid; choose from {list(SECTIONS)}")
     p = QUICK if quick else FULL
     t_start = time.perf_counter()
-    cfg = load_config(recipe) if (against or tta or {"recipe", "store"} & set(sections)) else None
+    cfg = load_config(recipe) if (against or tta or {"recipe", "store", "switches"} & set(sections)) else None
     result = {"spikeff_bench": 2, "quick": quick, "command": command or " ".join(sys.argv),
               "provenance": provenance(config=cfg, recipe=recipe if cfg is not None else None),
               "environment": environment(), "shared_machine": shared_machine,
@@ -510,6 +607,9 @@ def run_bench(quick: bool = False, out=None, shared_machine: bool = True, log=pr
         result["recipe_step"]["recipe"] = recipe
     if "store" in sections:
         result["store_vs_replay"] = bench_store_vs_replay(recipe, dataset, log=log)
+    if "switches" in sections:
+        result["switches"] = bench_switches(recipe, dataset, rounds=1 if quick else 4,
+                                            n_inference=100 if quick else 1000, log=log)
     if "training" in sections:
         for hidden, batch in p["networks"]:
             result["training"].append(bench_network(hidden, batch, p["n_steps"], p["reps"],
@@ -545,6 +645,10 @@ def run_bench(quick: bool = False, out=None, shared_machine: bool = True, log=pr
         result["targets"]["recipe_gemm_share_pct"] = r["gemm_share_pct"]
     if against:
         result["targets"]["train_samples_per_s_over_base (target >= 2)"] = result["against"]["ratio_this_over_base"]
+        if "readout_inference" in result["against"]:
+            ri = result["against"]["readout_inference"]
+            result["targets"]["inference_readout_samples_per_s_fashion_mnist (target >= 2000)"] = \
+                ri["samples_per_s_median"]["this"]
     if tta:
         t = result["time_to_accuracy"]
         result["targets"]["minutes_to_86pct_val (target <= 7)"] = t["wall_minutes_to_target"]

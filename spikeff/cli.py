@@ -316,8 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="results/bench.json", help="JSON output (default: results/bench.json)")
     b.add_argument("--dedicated", action="store_true", help="record that the machine was not shared")
     b.add_argument("--only", default=None, metavar="SECTIONS",
-                   help="comma-separated sections to run (gemm,recipe,store,training,memory,kernels,brian2; "
-                        "default: all but store, which needs the recipe's data set; '' for none)")
+                   help="comma-separated sections to run (gemm,recipe,store,switches,training,memory,kernels,brian2; "
+                        "default: all but store and switches, which need the recipe's data set; '' for none)")
     b.add_argument("--against", default=None, metavar="DIR",
                    help="also time the recipe's training step with the spikeff checkout in DIR (e.g. "
                         "'git worktree add /tmp/perf-base a1729a8'), alternating with this one")

@@ -33,6 +33,40 @@ def overlay_labels(X: np.ndarray, labels: np.ndarray, n_classes: int, label_repe
     return np.concatenate([X, np.repeat(lab, label_repeat, axis=1)], axis=1)
 
 
+_POOL = None
+_MIN_PARALLEL_DRAWS = 1 << 18
+
+
+def random_fill(rng, out):
+    """``rng.random(out=out)`` (float64), split over the engine's threads: with PCG64 (numpy's
+    default) a copy of the generator advanced by the draws of the parts before gives each part
+    exactly the numbers a single call would have drawn there (one 64-bit draw per double), so the
+    result and the generator's state afterwards are the same as ``rng.random(out=out)``."""
+    global _POOL
+    from .runs import engine_threads
+    flat = out.reshape(-1)
+    n = flat.size
+    parts = min(engine_threads(), n // _MIN_PARALLEL_DRAWS)
+    if parts <= 1 or type(rng.bit_generator) is not np.random.PCG64:
+        rng.random(out=out)
+        return out
+    if _POOL is None or _POOL._max_workers < parts:
+        from concurrent.futures import ThreadPoolExecutor
+        _POOL = ThreadPoolExecutor(max_workers=parts, thread_name_prefix="spikeff-rng")
+    bounds = np.linspace(0, n, parts + 1).astype(np.int64)
+    gens = [rng]
+    for a in bounds[1:-1]:
+        bg = np.random.PCG64()
+        bg.state = rng.bit_generator.state
+        bg.advance(int(a))
+        gens.append(np.random.Generator(bg))
+    jobs = [_POOL.submit(g.random, out=flat[a:b]) for g, a, b in zip(gens, bounds[:-1], bounds[1:])]
+    for j in jobs:
+        j.result()
+    rng.bit_generator.advance(int(n - bounds[1]))      # rng drew the first part: move it past the rest
+    return out
+
+
 class SpikeSource:
     """Deterministic spike trains for a batch of intensity vectors.
 
@@ -78,6 +112,32 @@ class SpikeSource:
             else:
                 steps = np.arange(t0, t0 + k)[:, None, None] % self.period
                 yield (self.spike_time[None] == steps).astype(self.dtype)
+
+    def chunks_into(self, chunk_steps: int, buffer, scratch=None):
+        """:meth:`chunks` written into ``buffer(k)`` (a (k, batch, channels) array, e.g. the engine's
+        input buffer) instead of new arrays; yields k per chunk. The same spikes as :meth:`chunks`
+        (the same random numbers, drawn into one reused buffer), without the temporaries.
+        ``scratch(name, shape, dtype)``: where to get the random numbers' buffer (default: new)."""
+        rng = np.random.default_rng(self.seed)
+        B, M = self.x.shape
+        r = self.rows_per_noise
+        noise = None
+        if self.encoding == "rate":
+            shape = (min(chunk_steps, self.n_steps), B // r, M)
+            noise = np.empty(shape) if scratch is None else scratch("noise", shape, np.float64)
+        for t0 in range(0, self.n_steps, chunk_steps):
+            k = min(chunk_steps, self.n_steps - t0)
+            out = buffer(k)
+            if self.encoding == "rate":
+                random_fill(rng, noise[:k])
+                if r > 1:      # rows k*r .. k*r+r-1 share their random numbers
+                    np.less(noise[:k, :, None, :], self.p.reshape(B // r, r, M), out=out.reshape(k, B // r, r, M))
+                else:
+                    np.less(noise[:k], self.p, out=out)
+            else:
+                steps = np.arange(t0, t0 + k)[:, None, None] % self.period
+                np.equal(self.spike_time[None], steps, out=out)
+            yield k
 
     def all_steps(self) -> np.ndarray:
         """All spikes, shape (n_steps, batch, channels) (for plots and tests; O(T) memory)."""
@@ -132,5 +192,28 @@ class ConcatSource:
         for parts in zip(*(s.chunks(chunk_steps) for s in self.sources)):
             yield np.concatenate(parts, axis=1)
 
+    def chunks_into(self, chunk_steps: int, buffer, scratch=None):
+        """:meth:`chunks` written into ``buffer(k)`` (see :meth:`SpikeSource.chunks_into`): each
+        part fills its own rows; yields k per chunk."""
+        bounds = np.concatenate([[0], np.cumsum(self.sizes)])
+        parts = [chunks_into(s, chunk_steps, (lambda k, a=a, b=b: buffer(k)[:, a:b]),
+                             None if scratch is None else (lambda name, shape, dtype, i=i: scratch((i, name), shape, dtype)))
+                 for i, (s, a, b) in enumerate(zip(self.sources, bounds[:-1], bounds[1:]))]
+        for ks in zip(*parts):
+            yield ks[0]
+
     def all_steps(self) -> np.ndarray:
         return np.concatenate(list(self.chunks(self.n_steps)), axis=0)
+
+
+def chunks_into(source, chunk_steps: int, buffer, scratch=None):
+    """Write ``source``'s chunks into ``buffer(k)`` and yield k per chunk: the source's own
+    ``chunks_into`` when it has one, else a copy of each chunk of ``source.chunks``.
+    ``scratch(name, shape, dtype)``: a provider of work buffers (see :meth:`SpikeSource.chunks_into`)."""
+    if hasattr(source, "chunks_into"):
+        yield from source.chunks_into(chunk_steps, buffer, scratch)
+        return
+    for chunk in source.chunks(chunk_steps):
+        k = chunk.shape[0]
+        buffer(k)[...] = chunk
+        yield k

@@ -8,16 +8,32 @@ The model is the one of :mod:`spikeff.neuron`; per chunk of ``k = chunk_steps`` 
    ((2k) x (k+2)); on numpy the same recurrence in place (:func:`spikeff.neuron.trace_scan`,
    faster on CPUs than a small-by-huge GEMM);
 2. **currents**: ``u[t] = W @ e_u[t]`` (exactly the synaptic current) for the chunk as one GEMM
-   ``(k*B, M) @ (M, N)``;
+   ``(k*B, M) @ (M, N)``; the leading steps whose traces are all zero (a phase starts from rest:
+   e_u[0] = 0 in every layer, and layer l cannot fire before step l without a bias) get exactly
+   zero current without GEMM rows (:data:`SKIP_SILENT_STEPS`; 10% of layer 1's rows and 20% of
+   layer 2's at T = 10);
 3. **membrane** (nonlinear part): :func:`spikeff.neuron.lif_scan`, the only loop over time steps,
    4 in-place elementwise passes per step on (B, N) arrays; the spikes are written straight into
    the next layer's input buffer (one step of synaptic delay between layers, as stepping the whole
    network in time);
 4. **goodness**: ``g(v)`` (and ``g'(v)`` when learning) for the whole chunk at once, in place.
 
+On numpy, 3 and 4 (with the spike counts and the kept potentials) run as one threaded pass over
+tiles of :data:`TILE_ROWS` batch rows (the tile's potentials are reused while in cache), the same
+operations in the same order element by element as separate passes (bit-identical; with
+``record=True`` they run separately, since the records need the potentials before g(v)). The
+source writes each chunk's input spikes straight into the first layer's input buffer
+(:func:`spikeff.encoding.chunks_into`).
+
+Leaving out the silent steps' GEMM rows changes no value mathematically (their products are
+exact zeros); the smaller GEMMs round the other rows' sums differently in the last bit (OpenBLAS's
+blocking depends on the matrix shape: a row's result depends on how many rows the GEMM has), so
+results differ from a run without it as they would with another BLAS thread count.
+
 Learning (``modulators`` given): the exact subthreshold gradient of each layer's goodness,
 ``dG_b/dW = 1/(T N) sum_t g'(v_b[t]) (outer) e_v_b[t]``, weighted by the per-sample FF modulator
-``m_b`` and summed over the batch: one GEMM ``(N, k*B) @ (k*B, M)`` per chunk. The reset is
+``m_b`` and summed over the batch: one GEMM ``(N, k*B) @ (k*B, M)`` per chunk (without the rows of
+leading steps whose e_v are all zero: they add exactly nothing). The reset is
 ignored in the gradient (as e-prop does). Since ``m_b`` needs the goodness of the whole window,
 the update is computed after the phase, in one of two ways that give bit-identical updates:
 
@@ -30,7 +46,8 @@ the update is computed after the phase, in one of two ways that give bit-identic
   chunk: memory O(chunk_steps), not O(T).
 
 The caller chooses by a memory budget (:func:`store_bytes`; ``FFNetwork.store_budget_mb``). All
-work buffers are allocated once per call with ``chunk_steps`` rows.
+work buffers have ``chunk_steps`` rows and are reused from call to call (:func:`work_buffer`:
+per thread, by name and shape; allocating them afresh costs a page fault per 4 KiB page).
 
 Any array-API namespace works (the one of the weights: numpy, cupy, torch); numpy uses in-place
 ``out=`` kernels, others the functional form :func:`spikeff.neuron.lif_scan_xp`. Every array is
@@ -39,11 +56,14 @@ tests), so the whole phase runs there.
 """
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..encoding import chunks_into
 from ..backend import astype, device_of, dtype_name, namespace, to_backend, to_numpy
 from ..goodness import Goodness
 from ..neuron import DiscreteLIF, bias_trace, lif_scan, lif_scan_xp, trace_filter, trace_scan
@@ -95,26 +115,41 @@ def n_threads() -> int:
     return engine_threads()
 
 
+TILE_ROWS = 32       # batch rows per tile of the fused membrane + goodness pass (about L2-sized)
+FUSED_PASS = True    # False: the membrane and the goodness in separate passes (for tests; same bits)
+
+
+def _parts(B, N, min_work=1 << 16):
+    """Bounds of the parts of a batch of B rows (N columns) the engine threads share."""
+    n = min(n_threads(), B) if B * N >= min_work else 1
+    return np.linspace(0, B, max(n, 1) + 1).astype(int)
+
+
+def _parallel_parts(fn, bounds):
+    global _POOL
+    n = len(bounds) - 1
+    if _POOL is None or _POOL._max_workers < n:
+        _POOL = ThreadPoolExecutor(max_workers=n, thread_name_prefix="spikeff")
+    return list(_POOL.map(fn, [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]))
+
+
 def _parallel(fn, B, N, min_work=1 << 16):
     """``fn(batch_slice)`` over parts of the batch in threads (numpy releases the GIL in ufuncs).
 
     Elementwise numpy work runs on one core; the GEMMs use all of them, so splitting the batch
     keeps all cores busy between the GEMMs. Returns the list of results.
     """
-    global _POOL
-    n = min(n_threads(), B) if B * N >= min_work else 1
-    if n <= 1:
+    bounds = _parts(B, N, min_work)
+    if len(bounds) <= 2:
         return [fn(slice(None))]
-    if _POOL is None or _POOL._max_workers < n:
-        _POOL = ThreadPoolExecutor(max_workers=n, thread_name_prefix="spikeff")
-    bounds = np.linspace(0, B, n + 1).astype(int)
-    return list(_POOL.map(fn, [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]))
+    return _parallel_parts(fn, bounds)
 
 
 class _Layer:
     """Buffers and state of one layer for one phase (O(chunk_steps) memory)."""
 
-    def __init__(self, W, bias, lif, goodness, B, K, modulator, T, xp, normalize=False, keep=None):
+    def __init__(self, W, bias, lif, goodness, B, K, modulator, T, xp, normalize=False, keep=None,
+                 record=False, index=0):
         N, M = W.shape
         self.W, self.bias, self.lif, self.goodness, self.xp = W, bias, lif, goodness, xp
         self.normalize = normalize
@@ -125,31 +160,41 @@ class _Layer:
         self.keep = keep                       # rows whose v and e_v are stored (None: store nothing)
         self.stored = []
         self.ev = self.learn or keep is not None   # the traces e_v are needed
+        # numpy with a fused goodness kernel: _scan_and_goodness does the membrane, the spikes, the
+        # counts, the kept factors and the goodness of a chunk in one threaded pass (not when the
+        # potentials are recorded: they are overwritten with g(v))
+        self.fused_goodness = (FUSED_PASS and self.np and goodness.fused is not None and not record
+                               and (keep is None or keep.step in (None, 1)))
         self._filters = {}
         f64 = np.float64 if self.np else xp.float64
         dev = {} if self.np else {"device": self.device}
-        zeros = (lambda shape, dt=self.dtype: xp.zeros(shape, dtype=dt, **dev))
-        self.dec = zeros((B, N))                                  # a_mem * v after reset
-        self.ref = zeros((B, N), np.int32 if self.np else xp.int32) if lif.refractory_steps > 0 else None
-        self.g_acc = zeros((B, N), f64)
-        self.counts = zeros((B, N), f64)
+        if self.np:         # work buffers reused across calls (work_buffer), named per layer
+            zeros = (lambda shape, dt=self.dtype, name=None: work_buffer((name, index), shape, dt, zero=True))
+            empty = (lambda shape, dt=self.dtype, name=None: work_buffer((name, index), shape, dt))
+        else:
+            zeros = (lambda shape, dt=self.dtype, name=None: xp.zeros(shape, dtype=dt, **dev))
+        self.dec = zeros((B, N), name="dec")                      # a_mem * v after reset
+        self.ref = (zeros((B, N), np.int32 if self.np else xp.int32, name="ref")
+                    if lif.refractory_steps > 0 else None)
+        self.g_acc = zeros((B, N), f64, name="g_acc")
+        self.counts = zeros((B, N), f64, name="counts")
         if self.np:
             # Z rows: e_u, e_v (state at the chunk start), x[t0-1], then the chunk's k input steps
-            self.Z = zeros((K + 3, B, M))
-            self.E = np.empty(((2 if self.ev else 1) * K, B * M), dtype=self.dtype)
-            self.U = np.empty((K, B, N), dtype=self.dtype)
-            self.mask = np.empty((B, N), dtype=bool)
-            self.rmask = np.empty((B, N), dtype=bool) if self.ref is not None else None
+            self.Z = zeros((K + 3, B, M), name="Z")
+            self.E = empty(((2 if self.ev else 1) * K, B * M), name="E")
+            self.U = empty((K, B, N), name="U")
+            self.mask = empty((B, N), bool, name="mask")
+            self.rmask = empty((B, N), bool, name="rmask") if self.ref is not None else None
         else:
             self.state = zeros((3, B, M))                         # e_u, e_v, x[t0-1]
         if self.learn:
             scale = np.asarray(to_numpy(modulator), dtype=np.float64) / (T * N)
             self.scale = to_backend(scale.reshape(1, B, 1), xp, self.device, dtype=self.dtype)
-            self.dW = zeros((N, M), f64)
-            self.db = zeros((N,), f64)
+            self.dW = zeros((N, M), f64, name="dW")
+            self.db = zeros((N,), f64, name="db")
             if self.np:
-                self.post = np.empty((K, B, N), dtype=self.dtype)
-                self.dW_chunk = np.empty((N, M), dtype=self.dtype)
+                self.post = empty((K, B, N), name="post")
+                self.dW_chunk = empty((N, M), name="dW_chunk")
 
     def input_buffer(self, k):
         """Where the layer below (or the source) writes this chunk's input spikes (numpy), or None."""
@@ -180,13 +225,22 @@ class _Layer:
             E3 = E.reshape(-1, B, M)
             _parallel(lambda sl: trace_scan(self.Z[:k + 2, sl], E3[:, sl], k, lif, self.ev), B, M)
             V = self.U[:k]
-            np.matmul(E[:k].reshape(k * B, M), self.W.T, out=V.reshape(k * B, N))
+            # steps whose traces are all zero (the first steps of a phase from rest: e_u[0] = 0, and
+            # a layer above one that cannot fire yet) have exactly zero current: no GEMM rows for them
+            z = _silent_steps(E[:k].reshape(k, B, M))
+            if z:
+                V[:z] = 0
+            if z < k:
+                np.matmul(E[z:k].reshape((k - z) * B, M), self.W.T, out=V[z:].reshape((k - z) * B, N))
             self.Z[0] = E[k - 1].reshape(B, M)
             if self.ev:
                 self.Z[1] = E[2 * k - 1].reshape(B, M)
             self.Z[2] = self.Z[2 + k]
             if self.bias is not None:
                 V += self.bias
+            if self.fused_goodness:     # the membrane and the goodness in one pass (goodness_chunk: done)
+                self._scan_and_goodness(V, E, k, out, e_b_steps)
+                return out, V, E
 
             def scan(sl):                       # one part of the batch (threads share the work)
                 ref, rmask = (self.ref[sl], self.rmask[sl]) if self.ref is not None else (None, None)
@@ -208,8 +262,50 @@ class _Layer:
             self.counts += xp.astype(xp.sum(out, axis=0), self.counts.dtype)
         return out, V, E
 
+    def _scan_and_goodness(self, V, E, k, out, e_b_steps):
+        """numpy: per part of the batch and per tile of ``TILE_ROWS`` rows (cache-sized), the
+        membrane recurrence (:func:`lif_scan`), the spikes into ``out``, the spike counts, the kept
+        rows' potentials (store), ``g(v)`` (and ``g'(v) m_b`` when learning) and its sum over the
+        chunk: one threaded region instead of two, each tile's potentials used while in cache.
+        Element by element the same operations in the same order as the unfused path (the sums
+        over the chunk's steps run in step order either way), so the results are bit-identical.
+        Then, when learning, the chunk's gradient GEMM (:func:`_accumulate`)."""
+        B, N, M, lif = self.B, self.N, self.M, self.lif
+        fused = self.goodness.fused
+        post = self.post[:k] if self.learn else None
+        kept_v = None
+        if self.keep is not None:
+            rows = range(B)[self.keep]
+            kept_v = np.empty((k, len(rows), N), dtype=self.dtype)
+            ev = E[k:2 * k].reshape(k, B, M)
+            self.stored.append((kept_v, ev[:, self.keep].copy(), e_b_steps.copy()))
+
+        def part(sl):
+            for a in range(sl.start, sl.stop, TILE_ROWS):
+                t = slice(a, min(a + TILE_ROWS, sl.stop))
+                Vt = V[:, t]
+                ref, rmask = (self.ref[t], self.rmask[t]) if self.ref is not None else (None, None)
+                lif_scan(Vt, self.dec[t], lif, ref, self.mask[t], rmask)
+                np.greater(Vt, lif.v_threshold, out=out[:, t])
+                self.counts[t] += out[:, t].sum(axis=0)
+                if kept_v is not None:          # the kept rows of this tile, before g(v) overwrites v
+                    lo, hi = max(t.start, rows.start), min(t.stop, rows.stop)
+                    if lo < hi:
+                        kept_v[:, lo - rows.start:hi - rows.start] = V[:, lo:hi]
+                fused(Vt, post[:, t] if self.learn else None, self.scale[:, t] if self.learn else None)
+                self.g_acc[t] += Vt.sum(axis=0)
+        bounds = _parts(B, N)
+        if len(bounds) <= 2:            # one part: in this thread
+            part(slice(0, B))
+        else:
+            _parallel_parts(part, bounds)
+        if self.learn:
+            _accumulate(self, post, E[k:2 * k].reshape(k * B, M), k, e_b_steps)
+
     def goodness_chunk(self, V, E, k, e_b_steps):
         """Accumulate g(v) of the chunk (destroys V on numpy) and, when learning, the gradient."""
+        if self.fused_goodness:                 # done with the membrane (_scan_and_goodness)
+            return
         xp, B, N, M = self.xp, self.B, self.N, self.M
         if self.keep is not None:          # store v and e_v of the kept rows before V is overwritten
             ev = xp.reshape(E[k:2 * k, ...], (k, B, M))
@@ -234,6 +330,54 @@ class _Layer:
         _accumulate(self, post, xp.reshape(E[k:2 * k, ...], (k * B, M)), k, e_b_steps)
 
 
+REUSE_BUFFERS = True         # False: fresh work buffers in every call
+WORK_BUFFER_BYTES = 1 << 29  # at most this many bytes of reused work buffers per thread (LRU)
+_WORK = threading.local()
+
+
+def work_buffer(name, shape, dtype, zero=False):
+    """A numpy work buffer of ``shape`` and ``dtype`` for one call of the engine, reused by the
+    next call that asks for the same ``name``, shape and dtype in the same thread (least recently
+    used first out above :data:`WORK_BUFFER_BYTES`). Each call allocating its buffers afresh
+    costs the kernel's page faults on every large array (numpy's large arrays are mmapped):
+    about a quarter of the time of readout inference on the Fashion-MNIST recipe. Never returned to
+    the caller: results are new arrays. ``zero``: filled with zeros."""
+    shape = tuple(int(n) for n in shape)
+    if not REUSE_BUFFERS:
+        return (np.zeros if zero else np.empty)(shape, dtype=dtype)
+    pool = getattr(_WORK, "pool", None)
+    if pool is None:
+        pool = _WORK.pool = OrderedDict()
+    key = (name, shape, np.dtype(dtype).str)
+    a = pool.pop(key, None)
+    if a is None:
+        a = np.empty(shape, dtype=dtype)
+    pool[key] = a
+    total = sum(b.nbytes for b in pool.values())
+    while total > WORK_BUFFER_BYTES and len(pool) > 1:
+        _, old = pool.popitem(last=False)
+        total -= old.nbytes
+    if zero:
+        a.fill(0)
+    return a
+
+
+SKIP_SILENT_STEPS = True     # False: GEMMs over every step, also those with all-zero traces
+
+
+def _silent_steps(E) -> int:
+    """Number of leading steps of ``E`` (k, B, M) whose rows are all exactly zero (0 when
+    :data:`SKIP_SILENT_STEPS` is off). Their GEMM products are exact zeros, so leaving them out
+    changes no value mathematically; the smaller GEMM may round the other rows' sums differently
+    in the last bit (BLAS blocking depends on the matrix shape)."""
+    if not SKIP_SILENT_STEPS:
+        return 0
+    z = 0
+    while z < E.shape[0] and not E[z].any():
+        z += 1
+    return z
+
+
 def _accumulate(acc, post, Ev, k, e_b_steps):
     """``acc.dW += post^T Ev`` and ``acc.db += e_b . sum_b post`` for one chunk: the one place the
     update is formed, for the replay and for :func:`grads_from_store` (so both are bit-identical).
@@ -242,8 +386,11 @@ def _accumulate(acc, post, Ev, k, e_b_steps):
     B, N = post.shape[1], post.shape[2]
     post2 = xp.reshape(post, (k * B, N))
     if acc.np:
-        np.matmul(post2.T, Ev, out=acc.dW_chunk)
-        acc.dW += acc.dW_chunk
+        # rows of steps whose traces e_v are all zero add exactly nothing: left out of the GEMM
+        z = _silent_steps(Ev.reshape(k, B, -1))
+        if z < k:
+            np.matmul(post2[z * B:].T, Ev[z * B:], out=acc.dW_chunk)
+            acc.dW += acc.dW_chunk
         # over the whole batch at once (not per thread's part): the sum's order, and so its
         # last bits, do not depend on how many threads did the elementwise work
         acc.db += e_b_steps @ post.sum(axis=1, dtype=np.float64)
@@ -256,17 +403,20 @@ def _accumulate(acc, post, Ev, k, e_b_steps):
 class _Accumulator:
     """The gradient sums of one layer for :func:`grads_from_store` (same fields as a learning _Layer)."""
 
-    def __init__(self, like_v, like_e, xp):
+    def __init__(self, like_v, like_e, xp, index=0):
         self.xp, self.np = xp, xp is np
         N, M = like_v.shape[2], like_e.shape[2]
         self.device = None if self.np else device_of(like_v)
         dev = {} if self.np else {"device": self.device}
         f64 = np.float64 if self.np else xp.float64
-        self.dW = xp.zeros((N, M), dtype=f64, **dev)
-        self.db = xp.zeros((N,), dtype=f64, **dev)
         self.dtype = like_v.dtype
         if self.np:
-            self.dW_chunk = np.empty((N, M), dtype=self.dtype)
+            self.dW = work_buffer(("acc_dW", index), (N, M), f64, zero=True)
+            self.db = work_buffer(("acc_db", index), (N,), f64, zero=True)
+            self.dW_chunk = work_buffer(("dW_chunk", index), (N, M), self.dtype)
+        else:
+            self.dW = xp.zeros((N, M), dtype=f64, **dev)
+            self.db = xp.zeros((N,), dtype=f64, **dev)
 
 
 def grads_from_store(stored: StoredFactors, modulators) -> list:
@@ -288,13 +438,13 @@ def grads_from_store(stored: StoredFactors, modulators) -> list:
             continue
         v0, e0, _ = chunks[0]
         xp = np if isinstance(v0, np.ndarray) else namespace(v0)
-        acc = _Accumulator(v0, e0, xp)
+        acc = _Accumulator(v0, e0, xp, index=l)
         N, M, R = v0.shape[2], e0.shape[2], stored.rows
         m = np.asarray(to_numpy(m), dtype=np.float64)
         if m.shape != (R,):
             raise ValueError(f"layer {l}: modulators must have shape ({R},) (one per kept row), got {m.shape}")
         scale = to_backend((m / (stored.n_steps * N)).reshape(1, R, 1), xp, acc.device, dtype=acc.dtype)
-        post_buf = np.empty_like(v0) if acc.np else None
+        post_buf = work_buffer(("store_post", l), v0.shape, v0.dtype) if acc.np else None
         for V, Ev, e_b_steps in chunks:
             k = V.shape[0]
             if acc.np and g.fused is not None:
@@ -333,20 +483,26 @@ def run_phase(weights, biases, lif: DiscreteLIF, goodness: Goodness, source, chu
     K = min(chunk_steps, T)
     mods = modulators if modulators is not None else [None] * L
     layers = [_Layer(W, biases[l], lif, goodness, B, K, mods[l], T, xp, normalize=normalize and l > 0,
-                     keep=keep) for l, W in enumerate(weights)]
+                     keep=keep, record=record, index=l) for l, W in enumerate(weights)]
     device = None if xp is np else device_of(weights[0])
-    last_out = np.empty((K, B, weights[-1].shape[0]), dtype=weights[-1].dtype) if xp is np else None
+    last_out = (work_buffer(("last_out", L), (K, B, weights[-1].shape[0]), weights[-1].dtype)
+                if xp is np else None)
     rec_in, rec_s, rec_v = [], [[] for _ in range(L)], [[] for _ in range(L)]
     e_b = 0.0
-    for chunk in source.chunks(chunk_steps):
-        k = chunk.shape[0]
+    # numpy: the source writes each chunk's spikes straight into the first layer's input buffer
+    steps = (chunks_into(source, chunk_steps, layers[0].input_buffer,
+                         scratch=lambda name, shape, dtype: work_buffer(("source", name), shape, dtype))
+             if xp is np else source.chunks(chunk_steps))
+    for chunk in steps:
+        k = chunk if xp is np else chunk.shape[0]
         e_b_steps, e_b = bias_trace(lif.a_mem, e_b, k)     # dv[t]/db without reset, this chunk
-        if record:
-            rec_in.append(chunk.astype(bool))
         if xp is np:
-            layers[0].input_buffer(k)[...] = chunk
             x = None
+            if record:
+                rec_in.append(layers[0].input_buffer(k).astype(bool))
         else:
+            if record:
+                rec_in.append(chunk.astype(bool))
             x = to_backend(chunk, xp, device, dtype=chunk.dtype)
         for l, layer in enumerate(layers):
             dest = (layers[l + 1].input_buffer(k) if l + 1 < L else last_out[:k]) if xp is np else None
