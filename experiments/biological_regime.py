@@ -158,8 +158,8 @@ def run_regime(name, config, data, val, threads):
         neutral = activity(net, X, np.full(len(X), NEUTRAL))
         true = activity(net, X, y)
         goodness_sops = sum(activity(net, X, np.full(len(X), k))["sops"] for k in range(net.n_classes_))
-    raster = neutral.pop("raster_layer1")
-    true.pop("raster_layer1")
+    neutral.pop("raster_layer1")
+    raster = true.pop("raster_layer1")         # the true label: the bio layers are nearly silent without one
     c = config
     out = {"regime": name, "dt_ms": c.neuron.dt * 1e3, "refractory_ms": c.neuron.refractory * 1e3,
            "n_steps": c.n_steps, "window_ms": c.n_steps * c.neuron.dt * 1e3, "max_rate_hz": c.max_rate,
@@ -230,16 +230,19 @@ def figure(rows, rasters, path, curves=None, candidates=None):
     L = len(rows[0]["neutral_pass"]["layers"])
     w = 0.8 / len(rows)
     for i, r in enumerate(rows):
-        lay = r["neutral_pass"]["layers"]
+        lay = r["true_label_pass"]["layers"]
         xs = np.arange(L + 1) + (i - (len(rows) - 1) / 2) * w
-        mean = [r["neutral_pass"]["input_image_mean_hz"]] + [q["mean_hz"] for q in lay]
-        mx = [r["neutral_pass"]["input_image_max_hz"]] + [q["max_neuron_mean_hz"] for q in lay]
+        mean = [r["true_label_pass"]["input_image_mean_hz"]] + [q["mean_hz"] for q in lay]
+        mx = [r["true_label_pass"]["input_image_max_hz"]] + [q["max_neuron_mean_hz"] for q in lay]
+        neutral = [r["neutral_pass"]["input_image_mean_hz"]] + [q["mean_hz"] for q in r["neutral_pass"]["layers"]]
         bars = ax.bar(xs, mean, w, label=f"{r['regime']}: mean")
-        ax.scatter(xs, mx, marker="v", color=bars.patches[0].get_facecolor(), zorder=3,
-                   label=f"{r['regime']}: most active")
+        color = bars.patches[0].get_facecolor()
+        ax.scatter(xs, mx, marker="v", color=color, zorder=3, label=f"{r['regime']}: most active")
+        ax.scatter(xs, np.maximum(neutral, 0.05), marker="o", facecolor="none", edgecolor=color, zorder=3,
+                   label=f"{r['regime']}: mean, neutral label (0 drawn at 0.05)")
     ax.axhspan(0.1, 30, color="green", alpha=0.08, label="cortical range (0.1-30 Hz)")
     ax.set(xticks=np.arange(L + 1), xticklabels=["input"] + [f"layer {l + 1}" for l in range(L)],
-           yscale="log", ylabel="rate (Hz)", title="firing rates (neutral-label pass)")
+           yscale="log", ylabel="rate (Hz)", title="firing rates (true-label pass; o: neutral label)")
     ax.legend(fontsize=7)
     ax = axes[0, 2]
     for name, cv in (curves or {}).items():
@@ -273,7 +276,7 @@ def figure(rows, rasters, path, curves=None, candidates=None):
         ax.scatter(t * r["dt_ms"], n + off, s=2, marker="|", label=f"{r['regime']} ({int(ras.sum())} spikes)")
         off += ras.shape[1] + 10
     ax.set(xlabel="time (ms)", ylabel="layer-1 neuron (100 shown per regime)",
-           title="layer 1, one test sample, neutral label")
+           title="layer 1, one test sample, true label")
     ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=90, bbox_inches="tight")
