@@ -81,4 +81,31 @@ def test_biological_regime(tmp_path, monkeypatch):
     assert all(q["peak_hz"] <= 500 + 1e-6 for q in bio["neutral_pass"]["layers"])
     assert bio["neutral_pass"]["input_image_max_hz"] <= 150
     assert shipped["neutral_pass"]["input_image_max_hz"] > 300
+    for r in (bio, shipped):         # validation by goodness is measured (once, after training)
+        assert _acc_ok(r["val_acc_goodness"]) and r["val_acc_goodness"] is not None
+        assert len(r["test_acc_goodness_per_layer"]) == 2 and 0 <= r["test_true_label_mean_rank"] <= 9
+    cands = {r["candidate"]: r for r in saved["validation_candidates"]}
+    assert set(cands) == {"recipe", "previous recipe"}
+    assert cands["previous recipe"]["v_threshold_mv"] == 1.0 and cands["recipe"]["v_threshold_mv"] == 20.0
+    assert all(_acc_ok(r["val_acc_goodness"]) and _acc_ok(r["val_acc_readout"]) for r in cands.values())
+    assert len(saved["goodness_vs_drive"]) == 3
     assert "git" in saved["provenance"] and "environment" in saved["provenance"]
+
+
+def test_goodness_falls_past_the_firing_onset_at_fine_dt(monkeypatch):
+    """The diagnosis behind the bio recipe: at dt = 0.1 ms with a 2 ms refractory period and reset to
+    rest, a neuron's goodness (energy of the pre-reset potential) peaks near its firing onset and
+    falls as the drive grows (the local rule, the gradient of the reset-free potential, still says
+    it grows); at the shipped dt = 1 ms without refractoriness it keeps growing."""
+    monkeypatch.syspath_prepend(str(EXP))
+    from biological_regime import goodness_curve
+    from spikeff.config import NeuronConfig
+    drives = [0.5, 1.5, 3, 10, 20]
+    bio = goodness_curve(NeuronConfig(dt=1e-4, tau_syn=5e-3, tau_mem=20e-3, refractory=2e-3), 300, drives)
+    shipped = goodness_curve(NeuronConfig(dt=1e-3, tau_syn=5e-3, tau_mem=20e-3), 30, drives)
+    g_bio, g_shipped = bio["goodness_over_threshold_sq"], shipped["goodness_over_threshold_sq"]
+    assert g_bio[1] > g_bio[2] > g_bio[3] > g_bio[4]           # falls past the onset
+    assert bio["rate_hz"][0] == 0 and bio["rate_hz"][4] > bio["rate_hz"][2] > 0
+    assert g_shipped[4] > g_shipped[3] > g_shipped[1] > g_shipped[0]
+    # below the onset (no spike) the goodness grows with the drive in both regimes
+    assert g_bio[1] > g_bio[0] and bio["rate_hz"][0] == shipped["rate_hz"][0] == 0
