@@ -103,6 +103,7 @@ def main(argv=None):
     import brian2
     lif = DiscreteLIF.from_config(NeuronConfig())
     g = get_goodness("energy_relu")
+    prov = provenance()          # at the start: the intermediate writes below change the output file
     res = {"vectorized": {}, "brian2": {t: {} for t in args.targets}}
     for B in args.batches:
         for dtype in ("float32", "float64"):
@@ -141,7 +142,7 @@ def main(argv=None):
                "cpu_time_ratio_brian2_over_vectorized_per_sample": cpu_ratios,
                "skipped": skipped, "results": res,
                "brian2_version": brian2.__version__, "load_average_1_5_15min_at_end": os.getloadavg(),
-               "provenance": provenance()}
+               "provenance": prov}
         write_json(args.out, out)
         return ratios
 
