@@ -40,8 +40,9 @@ STEPS = {
                            "experiments/float32_vs_float64.py --epochs 1 --out {out}/float32_vs_float64.json"),
     "lava_quantization": ("experiments/lava_quantization.py --out {out}/lava_quantization.json",
                           "experiments/lava_quantization.py --epochs 1 --n-lava 1 --out {out}/lava_quantization.json"),
-    "engines_agree": ("experiments/engines_agree.py --hidden 100 100 --out {out}/engines_agree.json", None),
-    "bench_engines": ("experiments/bench_engines.py --out {out}/bench_engines.json", None),
+    "engines_agree": ("experiments/engines_agree.py --target cython --out {out}/engines_agree.json", None),
+    "bench_engines": ("experiments/bench_engines.py --targets cpp_standalone cython numpy --repeats 2 "
+                      "--brian2-repeats 1 --max-step-seconds 60 --out {out}/bench_engines.json", None),
     "kernel_spread": ("experiments/kernel_spread.py --out {out}/kernel_spread.json",
                       "experiments/kernel_spread.py --kernels default --threads 2 1 --epochs 1 --out {out}/kernel_spread.json"),
     "bench": ("-m spikeff bench --out {out}/bench.json", "-m spikeff bench --quick --out {out}/bench.json"),

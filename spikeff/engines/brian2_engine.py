@@ -31,11 +31,12 @@ slot                  what runs
                       traces ``e_u = a_syn e_u + x_last; e_v = a_mem e_v + e_u; x_last = 0``
 ``after_groups``      monitors of v (pre-reset), when recording
 ``thresholds``        ``v > v_threshold`` (input: ``stimulus(t - t_start, i) > 0.5``, a
-                      TimedArray); custom event ``learn``: ``gp != 0``
+                      TimedArray)
 ``synapses``          pathway ``pre`` (spikes): ``I_in_post += w``: the spikes of step t land in
                       the buffer ``I_in`` that the postsynaptic layer reads at step t+1 (one step
-                      of delay); pathway ``learn`` (the ``learn`` event of the postsynaptic
-                      neuron): ``dW += gp_post * e_v_pre``, the three-factor update
+                      of delay); every synapse (the Synapses' ``run_regularly`` operation
+                      ``learn``): ``dW += gp_post * e_v_pre``, the three-factor update (``gp`` is 0
+                      outside a replay; runtime targets switch the operation off then)
 ``resets``            ``v = v_reset; x_last = 1; count += 1; ref = refractory_steps``
 ====================  ========================================================================
 
@@ -48,9 +49,17 @@ silent replicas, larger ones run as several epochs. When ``FFNetwork.train_batch
 engine its phases side by side (a :class:`~spikeff.encoding.ConcatSource` of neutral, positive
 and negative sources), each phase is its own epoch: the positive phase, then the negative phase,
 and in the replay the positive and the negative replay epochs, each with its modulators
-(``m``, 0 outside a replay: no ``learn`` events then), each ending with the accumulated update
+(``m``, 0 outside a replay), each ending with the accumulated update
 ``dW`` (summed over the replicas) that the optimizer applies. Weights live in the Synapses'
 ``w`` and are written in place only when they changed (after an optimizer step).
+
+**Why a per-synapse operation and not an event pathway for the update.** In a replay ``gp`` is
+non-zero for (nearly) every neuron at every step, so an ``on_post`` pathway triggered by ``gp != 0``
+touches every synapse every step anyway, through a spike queue (the synapse indices of every
+postsynaptic neuron copied each step) and in postsynaptic order, i.e. with a stride of ``N``
+through the presynaptic-major synapse arrays (one cache miss per synapse): it took two thirds of a
+standalone replay epoch. The ``run_regularly`` operation does the same additions (the same
+``dW`` to the last bit: adding ``0 * e_v`` changes nothing) streaming through the arrays in order.
 
 Between epochs the runtime targets reset every state variable to rest explicitly (not
 ``store``/``restore``, which would also roll back the weights); the stimulus (a new TimedArray
@@ -117,11 +126,10 @@ def layer_model(lif: DiscreteLIF, goodness: Goodness | None, traces: bool = True
     ``stimulus``, read at ``t - t_start``). ``traces``: keep the presynaptic eligibility traces
     (a layer above learns from them). A layer always carries its learning variables: the
     modulator ``m`` (0 outside a replay), ``gp = m g'(v)`` and ``db_acc``.
-    Returns a dict with ``model``, ``update``, ``threshold``, ``reset`` and ``events``.
+    Returns a dict with ``model``, ``update``, ``threshold`` and ``reset``.
     """
     model, update = ["x_last : 1  # 1 if the group spiked at the previous step"], []
     reset = ["x_last = 1"]
-    events = {}
     if stimulus:
         model += ["t_start : second (shared, constant)  # start of the current epoch"]
     else:
@@ -141,14 +149,13 @@ def layer_model(lif: DiscreteLIF, goodness: Goodness | None, traces: bool = True
             reset += ["ref = refractory_steps"]
         update += [f"g_acc += {g}", "e_b = a_mem*e_b + 1", f"gp = m*{dg}", "db_acc += gp*e_b"]
         reset += ["v = v_reset", "count += 1"]
-        events = {"learn": "gp != 0"}
     if traces:
         model += ["e_u : 1  # presynaptic eligibility traces", "e_v : 1"]
         update += ["e_u = a_syn*e_u + x_last", "e_v = a_mem*e_v + e_u"]
     update += ["x_last = 0"]
     return {"model": "\n".join(model), "update": "\n".join(update),
             "threshold": "stimulus(t - t_start, i) > 0.5" if stimulus else "v > v_threshold",
-            "reset": "\n".join(reset), "events": events}
+            "reset": "\n".join(reset)}
 
 
 def _check_inputs(weights, biases, source, modulators):
@@ -235,22 +242,23 @@ class _Network:
             spec = layer_model(lif, **kw)
             ns = dict(const, stimulus=self.stimulus)
             grp = b2.NeuronGroup(n, spec["model"], threshold=spec["threshold"], reset=spec["reset"],
-                                 events=spec["events"] or None, dt=dt, namespace=ns, name=name)
+                                 dt=dt, namespace=ns, name=name)
             grp.run_regularly(spec["update"], when="groups", name=f"{name}_update")
             return grp
 
         self.groups = [group(R * M0, "input", goodness=None, stimulus=True)]
-        self.synapses, self.tables, self.v_mons, self.s_mons = [], [], [], []
+        self.synapses, self.tables, self.v_mons, self.s_mons, self.learn_ops = [], [], [], [], []
         for l in range(self.L):
             M, N = self.sizes[l], self.sizes[l + 1]
             grp = group(R * N, f"layer{l}", goodness=goodness, traces=l + 1 < self.L)
             table = b2.TimedArray(np.zeros((1, N * M)), dt=T * dt, name=f"W{l}")   # weights by j*M + i
             syn = b2.Synapses(self.groups[-1], grp, "w : volt\ndW : 1",
                               on_pre={"pre": "I_in_post += w"},
-                              on_post={"learn": "dW += gp_post*e_v_pre"},
-                              on_event={"pre": "spike", "learn": "learn"},
-                              delay={"pre": 0 * b2.second, "learn": 0 * b2.second},  # shared, not per synapse
+                              delay={"pre": 0 * b2.second},  # shared, not per synapse
                               dt=dt, namespace={"W_table": table}, name=f"synapses{l}")
+            # the three-factor update of every synapse, every step (after the groups' update)
+            self.learn_ops.append(syn.run_regularly("dW += gp_post*e_v_pre", when="synapses",
+                                                    name=f"synapses{l}_learn"))
             # all-to-all within each replica: presynaptic i of replica i // M -> that replica's N
             syn.connect(j=f"k for k in range((i // {M})*{N}, (i // {M} + 1)*{N})")
             if self.record:
@@ -324,6 +332,7 @@ class _Network:
         for l in range(L):
             self.groups[l + 1].variables["b"].set_value(b_vals[l])
             self.groups[l + 1].variables["m"].set_value(m_vals[l])
+            self.learn_ops[l].active = learn[l]          # (dW stays 0 anyway where m = 0)
         t0 = float(self.net.t)
         self.groups[0].namespace["stimulus"] = b2.TimedArray(stim, dt=self.lif.dt * b2.second,
                                                              name="stimulus")
