@@ -28,7 +28,9 @@ from; :meth:`DiscreteLIF.check_target` says what a target cannot express):
 - Loihi / Lava fixed point (:meth:`~DiscreteLIF.lava_fixed`, :func:`fixed_decay_factors`):
   12-bit ``du``, ``dv`` with Lava's decay ``x * (4096 - d) >> 12`` (``du`` offset by 1);
 - NIR's CubaLIF at a time step ``dt`` and flavour (:meth:`~DiscreteLIF.nir_parameters`,
-  :meth:`~DiscreteLIF.taus_at`).
+  :meth:`~DiscreteLIF.taus_at`);
+- Brian2 (:meth:`~DiscreteLIF.brian2_namespace`): the constants of the engine's custom discrete
+  update, which runs the discrete form above step by step.
 
 Everything else here is a pure function of arrays. :func:`lif_step` advances one step (the
 reference form); the vectorized engine uses the equivalent chunked forms below:
@@ -136,6 +138,13 @@ class DiscreteLIF:
         du = int(np.clip(round(LOIHI_DECAY_UNITY * (1.0 - self.a_syn)) - LOIHI_DU_OFFSET, 0, top))
         dv = int(np.clip(round(LOIHI_DECAY_UNITY * (1.0 - self.a_mem)), 0, top))
         return {"du": du, "dv": dv}
+
+    def brian2_namespace(self, mV) -> dict:
+        """The constants of the Brian2 engine's equations (:mod:`spikeff.engines.brian2_engine`):
+        per-step decays, threshold and reset as potentials (``mV``: Brian2's unit, passed in so
+        that this module does not import Brian2) and the refractory period in steps."""
+        return {"a_syn": self.a_syn, "a_mem": self.a_mem, "v_threshold": self.v_threshold * mV,
+                "v_reset": self.v_reset * mV, "refractory_steps": float(self.refractory_steps)}
 
     def nir_parameters(self, dt: float, flavour: str = "euler") -> dict:
         """NIR ``CubaLIF`` time constants, ``r`` and ``w_in`` describing these per-step decays at

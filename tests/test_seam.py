@@ -222,6 +222,10 @@ def test_per_target_maps_of_the_model():
         DiscreteLIF(0.0, lif.a_mem, 1.0, 0.0, 0).nir_parameters(1e-3, "exact")
     with pytest.raises(ValueError, match="target"):
         lif.check_target("spinnaker")
+    import brian2
+    ns = lif.brian2_namespace(brian2.mV)                            # the Brian2 engine's constants
+    assert ns["a_syn"] == lif.a_syn and ns["a_mem"] == lif.a_mem and ns["refractory_steps"] == 0
+    assert float(ns["v_threshold"] / brian2.mV) == lif.v_threshold and float(ns["v_reset"] / brian2.mV) == 0.0
 
 
 def test_check_exportable_per_target(trained):

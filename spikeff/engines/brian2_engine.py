@@ -5,22 +5,11 @@ event-driven statement of the model). ``run_phase`` has the signature and result
 :func:`spikeff.engines.vectorized.run_phase`; :class:`Brian2Engine` is the same callable holding
 its persistent networks (``FFNetwork`` keeps one per fitted model).
 
-Model (continuous form, what the Brian2 groups stand for; potentials from rest, in mV)::
-
-    tau_syn du/dt = -u                        + w on each presynaptic spike, one step late
-    tau_mem dv/dt = -v + R (u + b),           R = 1 / (1 - exp(-dt/tau_mem))
-    v > v_threshold  ->  spike;  v = v_reset (held for refractory_steps)
-
-Over one step of ``dt`` with u updated first and then held, the exact solution of these equations
-is the discrete model of :mod:`spikeff.neuron`::
-
-    u[t] = a_syn u[t-1] + W @ x[t-1];   v[t] = a_mem v[t-1] + u[t] + b
-
-Brian2's integrators (``exact``, ``euler``) would let u vary within the step, so the state update
-is given as a *custom discrete update* instead: each group's ``run_regularly`` operation, placed
-in the ``groups`` slot of every time step, runs the lines above with ``a_syn``, ``a_mem``,
-``v_threshold`` ... taken from :class:`~spikeff.neuron.DiscreteLIF` (no second copy of the
-parameters; ``dt`` sets the Brian2 clock). Brian2's schedule in one step ``t`` is then:
+The model is :mod:`spikeff.neuron`'s (continuous and discrete form written there, constants from
+:meth:`~spikeff.neuron.DiscreteLIF.brian2_namespace`). Brian2's integrators (``exact``, ``euler``) would let u vary within the step, so the state
+update is a *custom discrete update*: each group's ``run_regularly`` operation, in the ``groups``
+slot of every time step, runs that discrete form (no second copy of the parameters; ``dt`` sets
+the Brian2 clock). Brian2's schedule in one step ``t`` is then:
 
 ====================  ========================================================================
 slot                  what runs
@@ -234,8 +223,7 @@ class _Network:
         b2, lif, R, T = self.b2, self.lif, self.R, self.T
         dt, mV = lif.dt * b2.second, b2.mV
         M0 = self.sizes[0]
-        const = {"a_syn": lif.a_syn, "a_mem": lif.a_mem, "v_threshold": lif.v_threshold * mV,
-                 "v_reset": lif.v_reset * mV, "refractory_steps": float(lif.refractory_steps)}
+        const = lif.brian2_namespace(mV)
         self.stimulus = b2.TimedArray(np.zeros((T, R * M0)), dt=dt, name="stimulus")
 
         def group(n, name, **kw):
