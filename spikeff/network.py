@@ -21,12 +21,12 @@ GEMMs are larger and the time loop runs once.
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import numpy as np
 
 from .config import FFConfig
+from .estimator import EstimatorProtocol
 from .backend import get_backend, to_backend
 from .data import DataError, check_X, check_X_labels, check_y_shape, fit_classes
 from .encoding import NEUTRAL, ArraySource, ConcatSource, SpikeSource, overlay_labels
@@ -80,14 +80,7 @@ def _store_budget_from_env() -> float:
     return value
 
 
-def _config_params(config: FFConfig) -> dict:
-    """The config's fields by name, and the neuron's as ``neuron__FIELD`` (scikit-learn's nesting)."""
-    params = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
-    params.update({f"neuron__{f.name}": getattr(config.neuron, f.name) for f in dataclasses.fields(config.neuron)})
-    return params
-
-
-class FFNetwork:
+class FFNetwork(EstimatorProtocol):
     """Spiking Forward-Forward network. ``config``: an :class:`FFConfig`; keyword overrides of its
     fields allowed (``FFNetwork(config, n_steps=10, neuron__tau_mem=0.02)``).
 
@@ -98,69 +91,12 @@ class FFNetwork:
     ``NotFittedError``.
     """
 
-    _estimator_type = "classifier"      # scikit-learn < 1.6 (later versions read __sklearn_tags__)
-
     def __init__(self, config: FFConfig | None = None, *, store_budget_mb: float | None = None, **overrides):
         self.config = config or FFConfig()
         self.store_budget_mb = store_budget_mb
         if overrides:               # config fields, as set_params takes them (n_steps=..., neuron__dt=...)
             self.set_params(**overrides)
         self.history_: list[dict] = []
-
-    # -- scikit-learn estimator protocol ----------------------------------------------------------
-    def get_params(self, deep: bool = True) -> dict:
-        """``config`` and ``store_budget_mb`` (what the constructor takes: ``clone`` rebuilds the
-        network from them); with ``deep``, also every config field by name (``n_steps``,
-        ``neuron__tau_mem``, ...), which :meth:`set_params` and ``GridSearchCV`` can change."""
-        params = {"config": self.config, "store_budget_mb": self._store_budget_mb}
-        if deep:
-            params.update(_config_params(self.config))
-        return params
-
-    def set_params(self, **params) -> "FFNetwork":
-        """Set ``config``, ``store_budget_mb`` and config fields (``n_steps=10``,
-        ``neuron__tau_mem=0.02``; in the config's internal units). The new config is validated
-        (ConfigError). Returns self."""
-        config = params.pop("config", self.config)
-        valid = set(_config_params(config)) | {"config", "store_budget_mb"}
-        unknown = sorted(set(params) - valid)
-        if unknown:
-            raise ValueError(f"Invalid parameters {unknown} for estimator FFNetwork; valid parameters are "
-                             f"{sorted(valid)}")
-        if "store_budget_mb" in params:
-            self.store_budget_mb = params.pop("store_budget_mb")
-        neuron = {k[len("neuron__"):]: params.pop(k) for k in list(params) if k.startswith("neuron__")}
-        if neuron:
-            params["neuron"] = dataclasses.replace(params.get("neuron", config.neuron), **neuron)
-        self.config = config.replace(**params) if params else config
-        return self
-
-    def __sklearn_tags__(self):
-        from sklearn.utils import ClassifierTags, InputTags, Tags, TargetTags
-        return Tags(estimator_type="classifier", target_tags=TargetTags(required=True),
-                    classifier_tags=ClassifierTags(), input_tags=InputTags())
-
-    @property
-    def classes_(self) -> np.ndarray:
-        """The class labels, sorted: label channel ``k`` (and output ``k`` of the readout) is class
-        ``classes_[k]``. 0..n_classes-1 unless :meth:`fit` saw other labels."""
-        classes = getattr(self, "_classes", None)
-        return np.arange(self.n_classes_) if classes is None else classes
-
-    @classes_.setter
-    def classes_(self, value):
-        self._classes = None if value is None else np.asarray(value)
-
-    def __sklearn_is_fitted__(self) -> bool:
-        return hasattr(self, "weights_")
-
-    def __repr__(self) -> str:
-        default = _config_params(FFConfig())
-        changed = [f"{k}={v!r}" for k, v in _config_params(self.config).items()
-                   if k != "neuron" and (k not in default or v != default[k])]
-        if self._store_budget_mb is not None:
-            changed.append(f"store_budget_mb={self._store_budget_mb!r}")
-        return f"FFNetwork({', '.join(changed)})"
 
     # -- set-up ------------------------------------------------------------------------------
     def __getstate__(self):
