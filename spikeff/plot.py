@@ -157,23 +157,30 @@ def plot_receptive_fields(W: np.ndarray, image_shape: tuple, n: int = 25, neuron
     """First-layer weights of ``n`` neurons as images (the input columns beyond the image, i.e. the
     label channels, are left out). ``W``: (neurons, inputs). One image per neuron shown, on a symmetric
     colour scale per neuron (red excitatory, blue inhibitory)."""
-    plt = _mpl()
     W = np.asarray(W)
     n_pix = int(np.prod(image_shape))
     if neurons is None:
         neurons = np.arange(min(n, W.shape[0]))
     neurons = np.asarray(neurons)
-    cols = int(np.ceil(np.sqrt(len(neurons))))
-    rows = int(np.ceil(len(neurons) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.3 * rows + 0.4), squeeze=False)
+    images = [W[i, :n_pix].reshape(image_shape) for i in neurons]
+    return _weight_grid(images, [str(i) for i in neurons], 1.3,
+                        "layer 1 receptive fields (label channels excluded)", path)
+
+
+def _weight_grid(images, titles, size: float, title: str, path):
+    """Weight images in a square grid, each on its own symmetric colour scale (red excitatory,
+    blue inhibitory)."""
+    plt = _mpl()
+    cols = int(np.ceil(np.sqrt(len(images))))
+    rows = int(np.ceil(len(images) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows + 0.4), squeeze=False)
     for k, ax in enumerate(axes.flat):
         ax.axis("off")
-        if k < len(neurons):
-            img = W[neurons[k], :n_pix].reshape(image_shape)
-            m = np.abs(img).max() or 1.0
-            ax.imshow(img, cmap="RdBu_r", vmin=-m, vmax=m)
-            ax.set_title(str(neurons[k]), fontsize=7)
-    fig.suptitle("layer 1 receptive fields (label channels excluded)", fontsize=9)
+        if k < len(images):
+            m = np.abs(images[k]).max() or 1.0
+            ax.imshow(images[k], cmap="RdBu_r", vmin=-m, vmax=m)
+            ax.set_title(titles[k], fontsize=7)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return _finish(fig, path)
 
@@ -182,24 +189,13 @@ def plot_conv_kernels(W: np.ndarray, geo, channel: int = 0, path=None):
     """The kernels of a conv layer (weights (channels, C*k*k + ...), ``geo`` its
     :class:`spikeff.layers.Geometry`) as k x k images, input channel ``channel``, one per output
     channel, on a symmetric colour scale per kernel (red excitatory, blue inhibitory)."""
-    plt = _mpl()
     W = np.asarray(W)
     C, k = geo.in_shape[0], geo.spec.kernel
     if not 0 <= channel < C:
         raise ValueError(f"channel must be in [0, {C}), got {channel}")
     K = W[:, :C * k * k].reshape(-1, C, k, k)[:, channel]
-    cols = int(np.ceil(np.sqrt(len(K))))
-    rows = int(np.ceil(len(K) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.1 * cols, 1.1 * rows + 0.4), squeeze=False)
-    for o, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if o < len(K):
-            m = np.abs(K[o]).max() or 1.0
-            ax.imshow(K[o], cmap="RdBu_r", vmin=-m, vmax=m)
-            ax.set_title(str(o), fontsize=7)
-    fig.suptitle(f"conv kernels ({k}x{k}, input channel {channel})", fontsize=9)
-    fig.tight_layout()
-    return _finish(fig, path)
+    return _weight_grid(list(K), [str(o) for o in range(len(K))], 1.1,
+                        f"conv kernels ({k}x{k}, input channel {channel})", path)
 
 
 def confusion_matrix(y_true, y_pred, n_classes: int) -> np.ndarray:
