@@ -6,6 +6,7 @@ import pytest
 from spikeff import FFConfig, FFNetwork, NeuronConfig
 from spikeff.encoding import ConcatSource, SpikeSource
 from spikeff.engines import brian2_engine, get_engine, vectorized
+from spikeff.events import EventSource, SpikeTrains
 from spikeff.goodness import Goodness, available_goodness, get_goodness
 from spikeff.learning import ff_loss
 from spikeff.neuron import DiscreteLIF
@@ -188,6 +189,9 @@ def test_phases_are_run_epochs_of_one_network(target_name, request, monkeypatch)
         assert np.abs(ref.grads[0][0]).max() > 1e-3
         [net] = engine.networks                     # one network, 3 replicas: one phase per epoch
         assert net.R == 3 and net.epochs_run == 4 * (step + 1)
+        # runtime targets: input spikes from a SpikeGeneratorGroup; standalone: from a TimedArray
+        assert type(net.groups[0]).__name__ == ("NeuronGroup" if target_name == "cpp_standalone"
+                                                else "SpikeGeneratorGroup")
         build = net.build_seconds
         W = [w - 0.1 * gr[0] for w, gr in zip(W, ref.grads)]   # new weights, new input spikes
         pos, neg = (SpikeSource(s.x[::-1].copy(), "rate", 30, 1e-3, 400.0, seed=[7, k], dtype=np.float64)
@@ -223,3 +227,99 @@ def test_discrete_update_is_exact_solution_of_continuous_equations():
     b2.Network(grp).run(lif.dt * b2.second)
     np.testing.assert_allclose(grp.u[:] / b2.mV, lif.a_syn * u0, rtol=1e-12)
     np.testing.assert_allclose(grp.v[:] / b2.mV, lif.a_mem * v0 + u0 + bias, rtol=1e-12, atol=1e-12)
+
+
+# -- event input: a SpikeGeneratorGroup ------------------------------------------------------------
+def event_phases(spikes_pos, spikes_neg, n_classes=3, seed=0):
+    """Positive and negative phase of event input (SpikeTrains) with the FF label channels."""
+    B = len(spikes_pos)
+    labels = np.arange(B) % n_classes
+    pos = EventSource(spikes_pos, labels, n_classes, 2, 1.0, 300.0, 1e-3, seed=[seed, 1], dtype=np.float64)
+    neg = EventSource(spikes_neg, (labels + 1) % n_classes, n_classes, 2, 1.0, 300.0, 1e-3, seed=[seed, 2],
+                      dtype=np.float64)
+    return pos, neg
+
+
+def assert_events_match_through_spike_generator(pos, neg, target_name, seed=0):
+    """An FF step on event input (positive and negative phase, each its own run() epoch, then both
+    replayed with the FF modulators, then an optimizer step and the same again): spikes identical
+    to the vectorized engine, v, goodness and updates within 1e-9; the input group is a
+    SpikeGeneratorGroup whose spikes (set_spikes) are the epoch's event spikes."""
+    import brian2 as b2
+    rng = np.random.default_rng(seed)
+    M0 = pos.shape[1]
+    W = [rng.normal(0.1, 0.6, (16, M0)), rng.normal(0.1, 0.6, (10, 16))]
+    b = [rng.normal(0, 0.05, 16), rng.normal(0, 0.05, 10)]
+    lif = DiscreteLIF.from_config(NeuronConfig(refractory=2e-3))
+    g = get_goodness("energy_relu")
+    engine = brian2_engine.Brian2Engine(target=target_name)
+    both = ConcatSource([pos, neg])
+    for step in range(2):
+        ref = vectorized.run_phase(W, b, lif, g, both, chunk_steps=7, record=True)
+        res = engine(W, b, lif, g, both, record=True)
+        assert_same_phase(ref, res, learn=False)
+        mods = [np.concatenate(ff_loss(*both.split(gl), "threshold", float(gl.mean()), 1.0)[1:])
+                for gl in ref.goodness]
+        ref = vectorized.run_phase(W, b, lif, g, both, chunk_steps=7, modulators=mods, record=True)
+        res = engine(W, b, lif, g, both, modulators=mods, record=True)
+        assert_same_phase(ref, res, learn=True)
+        for l in range(2):
+            assert ref.record["spikes"][l].any() and np.abs(ref.grads[l][0]).max() > 1e-4
+        [net] = engine.networks
+        gen = net.groups[0]
+        assert isinstance(gen, b2.SpikeGeneratorGroup)
+        assert net.epochs_run == 4 * (step + 1)         # positive, negative and their replays
+        # the last epoch (the negative replay) fed exactly the negative phase's input spikes
+        T, x_neg = both.n_steps, ref.record["input"][:, len(pos.spikes):]       # (T, B, M0)
+        assert net.R == x_neg.shape[1] and x_neg[:, :, :pos.spikes.n_channels].any()  # events, not only labels
+        steps, idx = np.nonzero(x_neg.reshape(T, -1))
+        np.testing.assert_array_equal(np.asarray(gen.neuron_index[:]), idx)
+        t_steps = np.rint(np.asarray(gen.spike_time[:]) / lif.dt).astype(np.int64)
+        np.testing.assert_array_equal(t_steps, (net.epochs_run - 1) * T + steps)   # epoch's start + step
+        W = [w - 0.5 * gr[0] for w, gr in zip(W, ref.grads)]     # the learning step
+        b = [c - 0.5 * gr[1] for c, gr in zip(b, ref.grads)]
+
+
+@pytest.mark.parametrize("target_name", ["numpy", pytest.param("cython", marks=pytest.mark.slow)])
+def test_event_list_input_is_a_spike_generator_group(target_name):
+    """Events given as a (sample, step, channel) list (no tonic needed)."""
+    if target_name == "cython":
+        pytest.importorskip("Cython")
+    rng = np.random.default_rng(3)
+    B, T, M = 4, 20, 12
+    spikes = []
+    for k in range(2):
+        n = 150
+        sample, step, channel = rng.integers(0, B, n), rng.integers(0, T, n), rng.integers(0, M, n)
+        spikes.append(SpikeTrains.from_indices(sample, step, channel, B, T, M))
+    assert_events_match_through_spike_generator(*event_phases(*spikes), target_name)
+
+
+def test_tonic_events_feed_a_spike_generator_group():
+    """Event streams in tonic's format (EventList, binned by tonic's ToFrame)."""
+    pytest.importorskip("tonic")
+    from spikeff.events import EventList, synthetic_events
+    ev, _ = synthetic_events(8, n_classes=3, sensor_size=(4, 3, 2), duration_us=20_000, rate_hz=250, seed=2)
+    el = EventList(ev, sensor_size=(4, 3, 2))
+    pos, neg = (el[k::2].to_spikes(20, 1000.0) for k in range(2))
+    assert pos.matrix.nnz > 0 and neg.matrix.nnz > 0
+    assert_events_match_through_spike_generator(*event_phases(pos, neg), "numpy", seed=1)
+
+
+def test_fit_on_spike_tensor_with_brian2_equals_vectorized():
+    """FFNetwork.fit on a (T, B, M) spike tensor: the Brian2 engine's persistent network takes the
+    events through its SpikeGeneratorGroup and learns the vectorized engine's weights."""
+    import brian2 as b2
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 3, 24)
+    lit = (np.arange(15)[None, :] % 3) == y[:, None]
+    x = (rng.random((12, 24, 15)) < np.where(lit, 0.4, 0.05)[None]).astype(np.float32)
+    cfg = FFConfig(hidden_sizes=(14, 10), n_steps=12, epochs=1, batch_size=12, label_repeat=2,
+                   dtype="float64", readout=False, seed=2)
+    nets = {e: FFNetwork(cfg, engine=e).fit(x, y, n_classes=3) for e in ("vectorized", "brian2")}
+    for Wv, Wb in zip(nets["vectorized"].weights_, nets["brian2"].weights_):
+        np.testing.assert_allclose(Wb, Wv, rtol=0, atol=1e-9)
+    init = FFNetwork(cfg).initialize(15, 3).weights_
+    assert not np.allclose(nets["brian2"].weights_[0], init[0])   # it did learn
+    [bnet] = nets["brian2"]._engine().networks
+    assert isinstance(bnet.groups[0], b2.SpikeGeneratorGroup) and bnet.epochs_run == 2 * 4

@@ -263,9 +263,12 @@ def test_brian2_engine_feeds_event_input_like_vectorized():
         lif, g = DiscreteLIF.from_config(FFConfig().neuron), get_goodness("energy_relu")
         mods = [rng.normal(size=4), rng.normal(size=4)]
         ref = vectorized.run_phase(W, b, lif, g, src, chunk_steps=6, modulators=mods, record=True)
-        res = brian2_engine.run_phase(W, b, lif, g, src, modulators=mods, record=True)
+        engine = brian2_engine.Brian2Engine()
+        res = engine(W, b, lif, g, src, modulators=mods, record=True)
     finally:
         brian2_engine.TARGET = old
+    [net] = engine.networks
+    assert type(net.groups[0]).__name__ == "SpikeGeneratorGroup"
     np.testing.assert_array_equal(res.record["input"], ref.record["input"])
     for l in range(2):
         assert ref.record["spikes"][l].any()

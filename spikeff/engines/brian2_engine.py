@@ -18,14 +18,17 @@ slot                  what runs
                       (refractory clamp), goodness ``g_acc += g(v)``, the modulated
                       postsynaptic term ``gp = m g'(v)``, ``db_acc += gp e_b``, presynaptic
                       traces ``e_u = a_syn e_u + x_last; e_v = a_mem e_v + e_u; x_last = 0``
+                      (the input's in the group ``input_traces``)
 ``after_groups``      monitors of v (pre-reset), when recording
-``thresholds``        ``v > v_threshold`` (input: ``stimulus(t - t_start, i) > 0.5``, a
-                      TimedArray)
+``thresholds``        ``v > v_threshold``; input: the ``SpikeGeneratorGroup`` ``input`` emits
+                      the epoch's spikes of step t (cpp_standalone: ``stimulus(t - t_start, i)
+                      > 0.5``, a TimedArray, see **Targets**)
 ``synapses``          pathway ``pre`` (spikes): ``I_in_post += w``: the spikes of step t land in
                       the buffer ``I_in`` that the postsynaptic layer reads at step t+1 (one step
                       of delay); every synapse (the Synapses' ``run_regularly`` operation
                       ``learn``): ``dW += gp_post * e_v_pre``, the three-factor update (``gp`` is 0
-                      outside a replay; runtime targets switch the operation off then)
+                      outside a replay; runtime targets switch the operation off then); the
+                      one-to-one ``input_relay``: ``x_last_post = 1`` in ``input_traces``
 ``resets``            ``v = v_reset; x_last = 1; count += 1; ref = refractory_steps``
 ====================  ========================================================================
 
@@ -50,9 +53,20 @@ through the presynaptic-major synapse arrays (one cache miss per synapse): it to
 standalone replay epoch. The ``run_regularly`` operation does the same additions (the same
 ``dW`` to the last bit: adding ``0 * e_v`` changes nothing) streaming through the arrays in order.
 
+**Input: a SpikeGeneratorGroup** (runtime targets). Every input, rate-coded images and event
+streams alike (:class:`~spikeff.events.EventSource`, spike tensors, recorded spike trains), is
+the spike source ``input``, a ``SpikeGeneratorGroup`` of ``R * M0`` channels whose spikes are
+given for each epoch with ``set_spikes(indices, times)`` (times ``t_start + k dt``, ``t_start``
+the epoch's start). A SpikeGeneratorGroup has no state variables, so the input's presynaptic
+traces (which the first layer's update reads) live in the NeuronGroup ``input_traces``: the
+generator's spikes reach it through the one-to-one Synapses ``input_relay`` (``x_last_post = 1``
+in the ``synapses`` slot of step t, read at step t+1, as a NeuronGroup's reset would), and the
+first Synapses read them as the linked variable ``e_v_in`` (indexed by the presynaptic
+neuron). The spikes, their order within a step (ascending index) and so every sum are those of
+a NeuronGroup input: the results are those of the vectorized engine (``tests/test_brian2.py``).
+
 Between epochs the runtime targets reset every state variable to rest explicitly (not
-``store``/``restore``, which would also roll back the weights); the stimulus (a new TimedArray
-per epoch) is read at ``t - t_start``.
+``store``/``restore``, which would also roll back the weights) and set the generator's spikes.
 
 **Targets** (:data:`TARGET`, from the environment variable ``SPIKEFF_BRIAN2_TARGET``): ``numpy``
 and ``cython`` (runtime code generation), and ``cpp_standalone``: the network is compiled once
@@ -61,7 +75,13 @@ temporary directory per network and process) and every epoch is one run of the b
 ``device.run(run_args=...)`` giving that epoch's input spikes (the TimedArray ``stimulus``),
 weights (a TimedArray table ``W(l)`` from which ``w`` is set after the synapses are made), biases
 and modulators, so no new input or weight needs a recompilation. Each run of the binary starts
-from rest. Brian2 always computes in float64; results are cast to the weights' dtype.
+from rest. The standalone input is a NeuronGroup reading the TimedArray, not a
+SpikeGeneratorGroup: in Brian2 (2.9) a SpikeGeneratorGroup's spikes are fixed when the binary is
+built, since ``SpikeGeneratorGroup.before_run`` computes its time bins in Python, and
+``run_args`` cannot replace them (its ``neuron_index``, ``spike_time`` and ``_timebins`` are
+read-only, which the generated ``set_variable_by_name`` skips, and a dynamic array set from the
+command line keeps its built size; Brian2 issue 1578 "Make SpikeGeneratorGroup work for
+run_args" is open). Brian2 always computes in float64; results are cast to the weights' dtype.
 """
 from __future__ import annotations
 
@@ -111,16 +131,20 @@ def layer_model(lif: DiscreteLIF, goodness: Goodness | None, traces: bool = True
                 stimulus: bool = False) -> dict:
     """Equations and code (Brian2 syntax, with units) of one group.
 
-    ``goodness`` None and ``stimulus`` True: the input group (spikes from the TimedArray
-    ``stimulus``, read at ``t - t_start``). ``traces``: keep the presynaptic eligibility traces
-    (a layer above learns from them). A layer always carries its learning variables: the
-    modulator ``m`` (0 outside a replay), ``gp = m g'(v)`` and ``db_acc``.
-    Returns a dict with ``model``, ``update``, ``threshold`` and ``reset``.
+    ``goodness`` None: the input. With ``stimulus`` (cpp_standalone) the input group itself (spikes
+    from the TimedArray ``stimulus``, read at ``t - t_start``); without (runtime targets) the
+    group holding the input's presynaptic traces, with no threshold: the spikes come from the
+    ``SpikeGeneratorGroup``, through a one-to-one relay that sets ``x_last = 1``. ``traces``: keep
+    the presynaptic eligibility traces (a layer above learns from them). A layer always carries
+    its learning variables: the modulator ``m`` (0 outside a replay), ``gp = m g'(v)`` and
+    ``db_acc``. Returns a dict with ``model``, ``update``, ``threshold`` and ``reset`` (threshold
+    and reset None for the traces group).
     """
     model, update = ["x_last : 1  # 1 if the group spiked at the previous step"], []
     reset = ["x_last = 1"]
-    if stimulus:
-        model += ["t_start : second (shared, constant)  # start of the current epoch"]
+    if goodness is None:
+        if stimulus:
+            model += ["t_start : second (shared, constant)  # start of the current epoch"]
     else:
         g, dg = _goodness_code(goodness)
         model += ["u : volt  # synaptic current (added to v every step)",
@@ -142,9 +166,13 @@ def layer_model(lif: DiscreteLIF, goodness: Goodness | None, traces: bool = True
         model += ["e_u : 1  # presynaptic eligibility traces", "e_v : 1"]
         update += ["e_u = a_syn*e_u + x_last", "e_v = a_mem*e_v + e_u"]
     update += ["x_last = 0"]
-    return {"model": "\n".join(model), "update": "\n".join(update),
-            "threshold": "stimulus(t - t_start, i) > 0.5" if stimulus else "v > v_threshold",
-            "reset": "\n".join(reset)}
+    if goodness is None and not stimulus:
+        threshold, reset = None, None
+    else:
+        threshold = "stimulus(t - t_start, i) > 0.5" if stimulus else "v > v_threshold"
+        reset = "\n".join(reset)
+    return {"model": "\n".join(model), "update": "\n".join(update), "threshold": threshold,
+            "reset": reset}
 
 
 def _check_inputs(weights, biases, source, modulators):
@@ -224,31 +252,47 @@ class _Network:
         dt, mV = lif.dt * b2.second, b2.mV
         M0 = self.sizes[0]
         const = lif.brian2_namespace(mV)
-        self.stimulus = b2.TimedArray(np.zeros((T, R * M0)), dt=dt, name="stimulus")
+        self.stimulus = None
 
         def group(n, name, **kw):
             spec = layer_model(lif, **kw)
-            ns = dict(const, stimulus=self.stimulus)
+            ns = dict(const, stimulus=self.stimulus) if self.standalone else const
             grp = b2.NeuronGroup(n, spec["model"], threshold=spec["threshold"], reset=spec["reset"],
                                  dt=dt, namespace=ns, name=name)
             grp.run_regularly(spec["update"], when="groups", name=f"{name}_update")
             return grp
 
-        self.groups = [group(R * M0, "input", goodness=None, stimulus=True)]
+        if self.standalone:     # input spikes: a TimedArray (a SpikeGeneratorGroup is fixed at build)
+            self.stimulus = b2.TimedArray(np.zeros((T, R * M0)), dt=dt, name="stimulus")
+            self.groups = [group(R * M0, "input", goodness=None, stimulus=True)]
+            self.input_traces, self.relay = self.groups[0], None
+        else:                   # input spikes: a SpikeGeneratorGroup, set_spikes per epoch
+            self.groups = [b2.SpikeGeneratorGroup(R * M0, np.zeros(0, np.int64), np.zeros(0) * b2.second,
+                                                  dt=dt, name="input")]
+            self.input_traces = group(R * M0, "input_traces", goodness=None)
+            self.relay = b2.Synapses(self.groups[0], self.input_traces, on_pre="x_last_post = 1",
+                                     delay=0 * b2.second, dt=dt, name="input_relay")
+            self.relay.connect(j="i")
         self.synapses, self.tables, self.v_mons, self.s_mons, self.learn_ops = [], [], [], [], []
         for l in range(self.L):
             M, N = self.sizes[l], self.sizes[l + 1]
             grp = group(R * N, f"layer{l}", goodness=goodness, traces=l + 1 < self.L)
             table = b2.TimedArray(np.zeros((1, N * M)), dt=T * dt, name=f"W{l}")   # weights by j*M + i
-            syn = b2.Synapses(self.groups[-1], grp, "w : volt\ndW : 1",
+            # presynaptic trace e_v: the input's sits in input_traces (a linked variable), not in
+            # the SpikeGeneratorGroup that sends the spikes
+            linked = l == 0 and self.input_traces is not self.groups[0]
+            model = "w : volt\ndW : 1" + ("\ne_v_in : 1 (linked)" if linked else "")
+            syn = b2.Synapses(self.groups[-1], grp, model,
                               on_pre={"pre": "I_in_post += w"},
                               delay={"pre": 0 * b2.second},  # shared, not per synapse
                               dt=dt, namespace={"W_table": table}, name=f"synapses{l}")
-            # the three-factor update of every synapse, every step (after the groups' update)
-            self.learn_ops.append(syn.run_regularly("dW += gp_post*e_v_pre", when="synapses",
-                                                    name=f"synapses{l}_learn"))
             # all-to-all within each replica: presynaptic i of replica i // M -> that replica's N
             syn.connect(j=f"k for k in range((i // {M})*{N}, (i // {M} + 1)*{N})")
+            if linked:
+                syn.e_v_in = b2.linked_var(self.input_traces, "e_v", index="_synaptic_pre")
+            # the three-factor update of every synapse, every step (after the groups' update)
+            self.learn_ops.append(syn.run_regularly(f"dW += gp_post*{'e_v_in' if linked else 'e_v_pre'}",
+                                                    when="synapses", name=f"synapses{l}_learn"))
             if self.record:
                 self.v_mons.append(b2.StateMonitor(grp, "v", record=True, when="after_groups", name=f"v{l}"))
                 self.s_mons.append(b2.SpikeMonitor(grp, name=f"spikes{l}"))
@@ -261,14 +305,15 @@ class _Network:
             for l, syn in enumerate(self.synapses):
                 M, N = self.sizes[l], self.sizes[l + 1]
                 syn.w = f"W_table(0*second, (j % {N})*{M} + (i % {M}))*mV"
-        self.net = b2.Network(self.groups, self.synapses, self.v_mons, self.s_mons)
+        extra = [] if self.relay is None else [self.input_traces, self.relay]
+        self.net = b2.Network(self.groups, extra, self.synapses, self.v_mons, self.s_mons)
         if self.standalone:
             self.net.run(T * dt, namespace={})
 
     # -- one epoch ------------------------------------------------------------------------------
     def _reset(self):
         """Every state variable back to rest (runtime targets; the weights ``w`` are kept)."""
-        for grp in self.groups:
+        for grp in [self.input_traces] + self.groups[1:]:
             for name in grp.equations.names:
                 if not grp.variables[name].constant:
                     grp.variables[name].set_value(0.0)
@@ -322,9 +367,9 @@ class _Network:
             self.groups[l + 1].variables["m"].set_value(m_vals[l])
             self.learn_ops[l].active = learn[l]          # (dW stays 0 anyway where m = 0)
         t0 = float(self.net.t)
-        self.groups[0].namespace["stimulus"] = b2.TimedArray(stim, dt=self.lif.dt * b2.second,
-                                                             name="stimulus")
-        self.groups[0].variables["t_start"].set_value(t0)
+        step0 = int(round(t0 / self.lif.dt))
+        steps, idx = np.nonzero(stim > 0.5)                 # sorted by step, then by index
+        self.groups[0].set_spikes(idx, (step0 + steps) * self.lif.dt * b2.second, sorted=True)
         n_spk = [mon.num_spikes for mon in self.s_mons]
         n_v = [len(mon.t[:]) for mon in self.v_mons]
         self.net.run(T * self.lif.dt * b2.second, namespace={})
