@@ -300,3 +300,42 @@ def test_conv_engine_on_the_array_api_path_matches_numpy():
         assert namespace(res.grads[l][0]) is not np
         np.testing.assert_allclose(to_numpy(res.grads[l][0]), ref.grads[l][0], rtol=1e-10, atol=1e-14)
         np.testing.assert_allclose(to_numpy(res.grads[l][1]), ref.grads[l][1], rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("max_elements", [1 << 23, 50])
+def test_numpy_fast_path_equals_the_reference(max_elements):
+    """The numpy fast path (patches with the positions last, wide GEMMs, reused buffers, row blocks)
+    equals the reference im2col GEMMs (conv_currents / conv_kernel_grad) to float rounding: stride,
+    padding, label maps, a layer above a pooled one, and one row block or many."""
+    from spikeff.engines.conv import conv_kernel_grad
+    from spikeff.engines.conv_numpy import conv_currents_np, conv_kernel_grad_np, patches_t
+    rng = np.random.default_rng(7)
+    geos, W, _ = small_net(rng)
+    for geo, Wl in zip(geos[:2], W[:2]):
+        X = rng.random((7, geo.n_in))
+        post = rng.normal(size=(7, geo.n_neurons))
+        P = geo.n_positions
+        cols = patches_t(X, geo, np.empty((geo.n_kernel, 7 * P)))
+        np.testing.assert_array_equal(cols, im2col(X, geo).T)
+        out = np.full((7, geo.n_neurons), np.nan)
+        conv_currents_np(X, Wl, geo, out, max_elements)
+        np.testing.assert_allclose(out, conv_currents(X, Wl, geo), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(conv_kernel_grad_np(post, X, geo, max_elements),
+                                   conv_kernel_grad(post, X, geo), rtol=1e-12, atol=1e-12)
+        X32, W32, p32 = X.astype(np.float32), Wl.astype(np.float32), post.astype(np.float32)
+        out32 = conv_currents_np(X32, W32, geo, np.empty((7, geo.n_neurons), np.float32), max_elements)
+        assert out32.dtype == np.float32
+        np.testing.assert_allclose(out32, conv_currents(X32, W32, geo), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(conv_kernel_grad_np(p32, X32, geo, max_elements),
+                                   conv_kernel_grad(p32, X32, geo), rtol=1e-4, atol=1e-4)
+    assert geos[0].n_global and geos[1].spec.stride == 2 and geos[1].spec.padding == 1
+
+
+def test_pooling_equals_the_sum_over_windows():
+    rng = np.random.default_rng(8)
+    from spikeff.layers import pool_spikes
+    for q, mode in ((2, "sum"), (3, "avg")):
+        geo = layer_geometries([LayerSpec("conv", channels=2, kernel=1, pool=q, pool_mode=mode)], (1, 6, 6), 36)[0]
+        s = (rng.random((4, geo.n_neurons)) < 0.5).astype(np.float32)
+        ref = s.reshape(4, 2, 6 // q, q, 6 // q, q).sum(axis=(3, 5)) / (q * q if mode == "avg" else 1)
+        np.testing.assert_array_equal(pool_spikes(s, geo), ref.reshape(4, -1))

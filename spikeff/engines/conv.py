@@ -30,6 +30,8 @@ from ..goodness import Goodness
 from ..layers import Geometry, im2col, pool_spikes
 from ..neuron import DiscreteLIF, bias_trace, lif_scan, lif_scan_xp, trace_filter, trace_scan
 from .base import PhaseResult
+from .conv_numpy import conv_currents_np, conv_kernel_grad_np
+from .vectorized import _parallel
 
 MAX_ELEMENTS = 1 << 23     # patch entries per im2col block (32 MB in float32)
 
@@ -137,13 +139,17 @@ class _Layer:
             x = x * xp.sqrt(M / xp.maximum(xp.sum(x, axis=2, keepdims=True), xp.asarray(1, dtype=x.dtype)))
         eu, ev = self._traces(x, k)
         Eu = xp.reshape(eu, (k * B, M))
-        U = conv_currents(Eu, self.W, geo, xp) if geo.is_conv else Eu @ self.W.T
+        if self.np and geo.is_conv:         # the numpy fast path: wide GEMMs, reused buffers
+            U = conv_currents_np(Eu, self.W, geo, np.empty((k * B, N), dtype=self.dtype), MAX_ELEMENTS)
+        else:
+            U = conv_currents(Eu, self.W, geo, xp) if geo.is_conv else Eu @ self.W.T
         U = xp.reshape(U, (k, B, N))
         if self.bias is not None:
             U = U + self.bias
         if self.np:
             V = np.ascontiguousarray(U)
-            lif_scan(V, self.dec, lif, self.ref)
+            ref = self.ref
+            _parallel(lambda sl: lif_scan(V[:, sl], self.dec[sl], lif, None if ref is None else ref[sl]), B, N)
         else:
             V, self.dec, self.ref = lif_scan_xp(U, self.dec, lif, xp, self.ref)
         spikes = astype(V > lif.v_threshold, self.dtype, xp)
@@ -153,7 +159,9 @@ class _Layer:
         fused = self.goodness.fused if self.np else None
         if fused is not None:
             post = np.empty_like(V) if self.learn else None
-            fused(V, post, self.scale if self.learn else None)
+            scale = self.scale if self.learn else None
+            _parallel(lambda sl: fused(V[:, sl], None if post is None else post[:, sl],
+                                       None if scale is None else scale[:, sl]), B, N)
             self.g_acc += V.sum(axis=0)
         else:
             self.g_acc += astype(xp.sum(self.goodness.g(V), axis=0), self.g_acc.dtype, xp)
@@ -161,8 +169,11 @@ class _Layer:
         if self.learn:
             post2 = xp.reshape(post, (k * B, N))
             Ev = xp.reshape(ev, (k * B, M))
-            g = conv_kernel_grad(post2, Ev, geo, xp) if geo.is_conv else post2.T @ Ev
-            self.dW += astype(g, self.dW.dtype, xp)
+            if self.np and geo.is_conv:
+                self.dW += conv_kernel_grad_np(post2, Ev, geo, MAX_ELEMENTS)
+            else:
+                g = conv_kernel_grad(post2, Ev, geo, xp) if geo.is_conv else post2.T @ Ev
+                self.dW += astype(g, self.dW.dtype, xp)
             eb = e_b_steps if self.np else to_backend(e_b_steps, xp, dtype=np.float64)
             self.db += eb @ astype(xp.sum(post, axis=1), self.db.dtype, xp)
         out = xp.reshape(pool_spikes(xp.reshape(spikes, (k * B, N)), geo, xp), (k, B, geo.n_out))
