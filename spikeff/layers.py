@@ -215,11 +215,12 @@ def im2col(x, geo: Geometry, xp=np):
     return xp.reshape(cols, (R * Ho * Wo, C * k * k))
 
 
-def pool_spikes(s, geo: Geometry, xp=np):
-    """Sum (or average) pooling of a conv layer's output (R, N) -> (R, n_out)."""
+def pool_spikes(s, geo: Geometry, xp=np, dtype=None):
+    """Sum (or average) pooling of a conv layer's output (R, N) -> (R, n_out). ``dtype`` (numpy):
+    the sums are cast to it before the average's division (the engine pools its spikes as uint8)."""
     sp = geo.spec
     if not geo.is_conv or sp.pool == 1:
-        return s
+        return s if dtype is None else s.astype(dtype)
     C, Ho, Wo = geo.out_shape
     q = sp.pool
     R = s.shape[0]
@@ -232,6 +233,8 @@ def pool_spikes(s, geo: Geometry, xp=np):
     y = x[:, :, 0::q, :]
     for dy in range(1, q):
         y = y + x[:, :, dy::q, :]
+    if dtype is not None:
+        y = y.astype(dtype)
     if sp.pool_mode == "avg":
         y = y / (q * q)
     return xp.reshape(y, (R, geo.n_out))

@@ -339,3 +339,28 @@ def test_pooling_equals_the_sum_over_windows():
         s = (rng.random((4, geo.n_neurons)) < 0.5).astype(np.float32)
         ref = s.reshape(4, 2, 6 // q, q, 6 // q, q).sum(axis=(3, 5)) / (q * q if mode == "avg" else 1)
         np.testing.assert_array_equal(pool_spikes(s, geo), ref.reshape(4, -1))
+
+
+@pytest.mark.parametrize("negatives,dtype,readout", [("random", "float64", False), ("random", "float64", True),
+                                                     ("readout_hard", "float32", True)])
+def test_conv_training_stores_instead_of_replaying_with_the_same_updates(digits, negatives, dtype, readout):
+    """Training a conv net keeps the first pass's learning factors (store) when they fit the budget:
+    the same weights as replaying the phases (store_budget_mb=0), bit for bit, also when the first
+    pass runs the neutral-label rows too (readout, not readout_hard); the stored factors are used once."""
+    from spikeff.engines.conv import grads_from_store
+    cfg = conv_config(negatives=negatives, dtype=dtype, readout=readout, epochs=1)
+    X, y = digits.X_train[:64], digits.y_train[:64]
+    nets = [FFNetwork(cfg, store_budget_mb=b) for b in (1024, 0)]
+    modes = [n.initialize(X.shape[1], 10).train_batch(X, y, seed=[3, 1])["update"] for n in nets]
+    assert modes == ["store", "replay"]
+    for Ws, Wr in zip(nets[0].weights_ + nets[0].biases_, nets[1].weights_ + nets[1].biases_):
+        assert Ws.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(Ws, Wr)
+    assert np.abs(nets[0].weights_[0] - FFNetwork(cfg).initialize(X.shape[1], 10).weights_[0]).max() > 0
+    src = nets[0]._source(X[:4], y[:4], seed=[1])
+    res = nets[0]._run(src, keep=slice(0, 4))
+    assert res.stored.rows == 4 and res.stored.nbytes > 0
+    mods = [np.ones(4)] * 2
+    grads_from_store(res.stored, mods)
+    with pytest.raises(RuntimeError, match="already used"):
+        grads_from_store(res.stored, mods)
