@@ -91,6 +91,18 @@ def conv_kernel_grad(post, X, geo: Geometry, xp=np, max_elements: int = MAX_ELEM
     return dW
 
 
+def _in_blocks(fn, B: int, row_elements: int):
+    """``fn(rows)`` over blocks of the batch's rows of about :data:`NEURON_BLOCK` elements (they
+    stay in the cache through the several passes of ``fn``), the blocks shared by the engine threads."""
+    step = max(1, NEURON_BLOCK // max(1, row_elements))
+
+    def work(part):
+        a, b, _ = part.indices(B)
+        for r in range(a, b, step):
+            fn(slice(r, min(r + step, b)))
+    _parallel(work, B, row_elements)
+
+
 class _Layer:
     """State and work of one layer for one phase (O(chunk) memory)."""
 
@@ -178,23 +190,16 @@ class _Layer:
         Vc = np.empty_like(V) if (self.keep is not None or record) else None   # v before g(v) overwrites it
         post = np.empty_like(V) if (self.learn and fused is not None) else None
 
-        rows = max(1, NEURON_BLOCK // (k * N))          # rows per cache-sized block
-
         def block(sl):
             Vs = V[:, sl]
-            lif_scan(Vs, self.dec[sl], lif, None if ref is None else ref[sl])
-            np.greater(Vs, lif.v_threshold, out=spikes[:, sl])
+            lif_scan(Vs, self.dec[sl], lif, None if ref is None else ref[sl], spikes=spikes[:, sl])
             self.counts[sl] += spikes[:, sl].sum(axis=0)
             if Vc is not None:
                 np.copyto(Vc[:, sl], Vs)
             if fused is not None:
                 fused(Vs, None if post is None else post[:, sl], None if post is None else self.scale[:, sl])
                 self.g_acc[sl] += Vs.sum(axis=0)
-
-        def work(part):         # one thread's part of the batch, in blocks that stay in the cache
-            for r in range(part.start or 0, B if part.stop is None else part.stop, rows):
-                block(slice(r, min(r + rows, B if part.stop is None else part.stop)))
-        _parallel(work, B, N)
+        _in_blocks(block, B, k * N)
         if fused is None:
             self.g_acc += self.goodness.g(V).sum(axis=0)
             post = self.goodness.dg(V) * self.scale if self.learn else None
@@ -209,7 +214,7 @@ class _Layer:
         if fused is None:
             return self.goodness.dg(V) * self.scale
         post, scale = np.empty_like(V), self.scale
-        _parallel(lambda sl: fused(V[:, sl], post[:, sl], scale[:, sl]), self.B, self.N)
+        _in_blocks(lambda sl: fused(V[:, sl], post[:, sl], scale[:, sl]), self.B, V.shape[0] * self.N)
         return post
 
     def accumulate(self, post, ev, e_b_steps):
