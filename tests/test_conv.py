@@ -347,7 +347,7 @@ def test_conv_training_stores_instead_of_replaying_with_the_same_updates(digits,
     """Training a conv net keeps the first pass's learning factors (store) when they fit the budget:
     the same weights as replaying the phases (store_budget_mb=0), bit for bit, also when the first
     pass runs the neutral-label rows too (readout, not readout_hard); the stored factors are used once."""
-    from spikeff.engines.conv import grads_from_store
+    from spikeff.engines.conv import grads_from_store, store_bytes
     cfg = conv_config(negatives=negatives, dtype=dtype, readout=readout, epochs=1)
     X, y = digits.X_train[:64], digits.y_train[:64]
     nets = [FFNetwork(cfg, store_budget_mb=b) for b in (1024, 0)]
@@ -358,8 +358,11 @@ def test_conv_training_stores_instead_of_replaying_with_the_same_updates(digits,
         np.testing.assert_array_equal(Ws, Wr)
     assert np.abs(nets[0].weights_[0] - FFNetwork(cfg).initialize(X.shape[1], 10).weights_[0]).max() > 0
     src = nets[0]._source(X[:4], y[:4], seed=[1])
+    itemsize = np.dtype(dtype).itemsize
+    part = nets[0]._run(src, keep=slice(1, 3))                  # a part of the rows: only those kept
+    assert part.stored.nbytes == store_bytes(nets[0].geometries, 2, cfg.n_steps, itemsize)
     res = nets[0]._run(src, keep=slice(0, 4))
-    assert res.stored.rows == 4 and res.stored.nbytes > 0
+    assert res.stored.rows == 4 and res.stored.nbytes == store_bytes(nets[0].geometries, 4, cfg.n_steps, itemsize)
     mods = [np.ones(4)] * 2
     grads_from_store(res.stored, mods)
     with pytest.raises(RuntimeError, match="already used"):

@@ -9,8 +9,10 @@ networks, unchanged); per chunk of ``k`` steps and per layer:
 2. **currents**: a conv layer's ``u[t] = conv(W, e_u[t])`` as one GEMM ``im2col(e_u) @ W.T``,
    ``(k*B*P, C*k*k + G) @ (C*k*k + G, channels)`` (P output positions), done in row blocks of at
    most ``max_elements`` patch entries so memory stays bounded for large maps; a dense layer
-   ``e_u @ W.T``;
-3. **membrane**: :func:`spikeff.neuron.lif_scan` on all (channel, position) neurons;
+   ``e_u @ W.T``. On numpy, :mod:`spikeff.engines.conv_numpy` does the same sums with the patches
+   laid out the other way (wide GEMMs ``W @ patches``, reused buffers; equal to float rounding);
+3. **membrane**: :func:`spikeff.neuron.lif_scan` on all (channel, position) neurons (numpy: with
+   the spikes, counts and goodness, in cache-sized blocks of the batch shared by the engine threads);
 4. **goodness** ``g(v)``, mean over the layer's neurons and steps (membrane energy per layer), and,
    when learning, the exact subthreshold gradient of the shared kernel: the sum over positions
    of ``g'(v) (outer) e_v`` patches, one GEMM ``post.T @ im2col(e_v)`` (the presynaptic
@@ -19,7 +21,10 @@ networks, unchanged); per chunk of ``k`` steps and per layer:
 
 The spikes of a conv layer are pooled (:func:`spikeff.layers.pool_spikes`) before they become
 the next layer's input (one step of synaptic delay, as between dense layers). Memory is
-O(chunk_steps): training replays a phase, as the dense engine does.
+O(chunk_steps) when training replays a phase; as the dense engine, training instead keeps the
+first pass's factors (``keep``: potentials and presynaptic traces of the kept rows,
+:func:`store_bytes`) when they fit ``store_budget_mb``, and :func:`grads_from_store` computes the
+update from them with the replay's code (bit-identical), without simulating the phase again.
 """
 from __future__ import annotations
 
@@ -203,8 +208,9 @@ class _Layer:
         if fused is None:
             self.g_acc += self.goodness.g(V).sum(axis=0)
             post = self.goodness.dg(V) * self.scale if self.learn else None
-        if self.keep is not None:       # the kept rows' learning factors (views of this chunk's arrays)
-            self.stored.append((Vc[:, self.keep], ev[:, self.keep], e_b_steps))
+        if self.keep is not None:       # the kept rows' learning factors: store_bytes numbers, no more
+            kept = Vc[:, self.keep]
+            self.stored.append((kept if kept.shape[1] == B else kept.copy(), ev[:, self.keep].copy(), e_b_steps))
         return spikes, post, (Vc if record else None)
 
     def post(self, V):
