@@ -70,6 +70,7 @@ def test_chunk_and_block_size_do_not_change_the_conv_gradient(monkeypatch):
     a = conv_run_phase(W, b, lif, g, src, 13, modulators=mods, geometries=geos)
     import spikeff.engines.conv as conv
     monkeypatch.setattr(conv, "MAX_ELEMENTS", 100)    # many im2col blocks
+    monkeypatch.setattr(conv, "NEURON_BLOCK", 1)      # elementwise work one row at a time
     monkeypatch.setattr(conv.conv_currents, "__defaults__", (np, 100))
     monkeypatch.setattr(conv.conv_kernel_grad, "__defaults__", (np, 100))
     c = conv_run_phase(W, b, lif, g, src, 4, modulators=mods, geometries=geos)
