@@ -215,20 +215,26 @@ def im2col(x, geo: Geometry, xp=np):
     return xp.reshape(cols, (R * Ho * Wo, C * k * k))
 
 
-def pool_spikes(s, geo: Geometry, xp=np):
-    """Sum (or average) pooling of a conv layer's output (R, N) -> (R, n_out)."""
+def pool_spikes(s, geo: Geometry, xp=np, dtype=None):
+    """Sum (or average) pooling of a conv layer's output (R, N) -> (R, n_out). ``dtype`` (numpy):
+    the sums are cast to it before the average's division (the engine pools its spikes as uint8)."""
     sp = geo.spec
     if not geo.is_conv or sp.pool == 1:
-        return s
+        return s if dtype is None else s.astype(dtype)
     C, Ho, Wo = geo.out_shape
     q = sp.pool
     R = s.shape[0]
     s4 = xp.reshape(s, (R, C, Ho, Wo))
-    y = None                     # q*q strided adds: faster than a reduction over two inner axes
-    for dy in range(q):
-        for dx in range(q):
-            part = s4[:, :, dy::q, dx::q]
-            y = part + 0 if y is None else y + part
+    # strided adds, first along the rows then across them (2 (q - 1) adds of shrinking arrays):
+    # faster than q*q strided adds or a reduction over two inner axes; sums of spike counts, exact
+    x = s4[:, :, :, 0::q]
+    for dx in range(1, q):
+        x = x + s4[:, :, :, dx::q]
+    y = x[:, :, 0::q, :]
+    for dy in range(1, q):
+        y = y + x[:, :, dy::q, :]
+    if dtype is not None:
+        y = y.astype(dtype)
     if sp.pool_mode == "avg":
         y = y / (q * q)
     return xp.reshape(y, (R, geo.n_out))

@@ -213,14 +213,21 @@ class FFNetwork(EstimatorProtocol):
         :attr:`store_budget_mb`."""
         from .engines.vectorized import store_bytes
         c = self.config
-        return (c.engine == "vectorized" and not c.has_conv
+        if c.has_conv:          # the conv engine stores on numpy (potentials and traces of every layer)
+            from .engines.conv import store_bytes as conv_store_bytes
+            nbytes = conv_store_bytes(self.geometries, rows, c.n_steps, np.dtype(self.dtype).itemsize)
+            return c.engine == "vectorized" and c.backend == "numpy" and nbytes <= self.store_budget_mb * 2**20
+        return (c.engine == "vectorized"
                 and store_bytes(self.weights_, rows, c.n_steps) <= self.store_budget_mb * 2**20)
 
     def _update(self, both, modulators, res):
         """The layers' updates of the phases of source ``both`` with the ``modulators``: from
         ``res.stored`` when the first pass kept them (``keep``), else by replaying ``both``."""
         if res is not None and res.stored is not None:
-            from .engines.vectorized import grads_from_store
+            if self.config.has_conv:
+                from .engines.conv import grads_from_store
+            else:
+                from .engines.vectorized import grads_from_store
             return grads_from_store(res.stored, modulators)
         return self._run(both, modulators=modulators).grads
 
@@ -281,8 +288,10 @@ class FFNetwork(EstimatorProtocol):
                     raise ValueError(f"engine {c.engine!r} runs conv layers as their dense expansion, "
                                      "without learning: train with engine = 'vectorized'")
                 return self.dense_network()._run(source, record=record, engine=engine)
-            from .engines.conv import run_phase            # replays (no store) for conv layers
+            from .engines.conv import run_phase
             kw["geometries"] = self.geometries
+            if keep is not None:
+                kw["keep"] = keep
         elif engine is not None:
             run_phase = engine
         else:

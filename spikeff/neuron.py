@@ -253,19 +253,22 @@ def trace_scan(z, e, k: int, p: DiscreteLIF, with_ev: bool = True):
     return e
 
 
-def lif_scan(v_chunk, dec, p: DiscreteLIF, ref=None, mask=None, rmask=None):
+def lif_scan(v_chunk, dec, p: DiscreteLIF, ref=None, mask=None, rmask=None, spikes=None):
     """Membrane recurrence over a chunk of steps, in place (numpy arrays).
 
     ``v_chunk`` (k, B, N) holds ``u[t] + b`` on entry and the pre-reset potentials ``v[t]`` on exit;
     ``dec`` (B, N) holds ``a_mem * v[t0-1]`` (after reset) on entry and ``a_mem * v[t0+k-1]`` on
     exit; ``ref`` (B, N) int32 refractory counts, or None. Equal to :func:`lif_step` step by step.
-    ``mask``/``rmask``: optional (B, N) bool work arrays.
+    ``mask``/``rmask``: optional (B, N) bool work arrays; ``spikes``: optional (k, B, N) bool array
+    that receives the spikes ``v[t] > v_threshold`` (then used as the masks).
     """
     mask = np.empty(dec.shape, dtype=bool) if mask is None else mask
     if ref is not None:
         rmask = np.empty(dec.shape, dtype=bool) if rmask is None else rmask
     reset_dec = p.a_mem * p.v_reset
-    for v in v_chunk:
+    for j, v in enumerate(v_chunk):
+        if spikes is not None:
+            mask = spikes[j]
         v += dec
         if ref is not None:
             np.greater(ref, 0, out=rmask)

@@ -70,6 +70,7 @@ def test_chunk_and_block_size_do_not_change_the_conv_gradient(monkeypatch):
     a = conv_run_phase(W, b, lif, g, src, 13, modulators=mods, geometries=geos)
     import spikeff.engines.conv as conv
     monkeypatch.setattr(conv, "MAX_ELEMENTS", 100)    # many im2col blocks
+    monkeypatch.setattr(conv, "NEURON_BLOCK", 1)      # elementwise work one row at a time
     monkeypatch.setattr(conv.conv_currents, "__defaults__", (np, 100))
     monkeypatch.setattr(conv.conv_kernel_grad, "__defaults__", (np, 100))
     c = conv_run_phase(W, b, lif, g, src, 4, modulators=mods, geometries=geos)
@@ -300,3 +301,70 @@ def test_conv_engine_on_the_array_api_path_matches_numpy():
         assert namespace(res.grads[l][0]) is not np
         np.testing.assert_allclose(to_numpy(res.grads[l][0]), ref.grads[l][0], rtol=1e-10, atol=1e-14)
         np.testing.assert_allclose(to_numpy(res.grads[l][1]), ref.grads[l][1], rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("max_elements", [1 << 23, 50])
+def test_numpy_fast_path_equals_the_reference(max_elements):
+    """The numpy fast path (patches with the positions last, wide GEMMs, reused buffers, row blocks)
+    equals the reference im2col GEMMs (conv_currents / conv_kernel_grad) to float rounding: stride,
+    padding, label maps, a layer above a pooled one, and one row block or many."""
+    from spikeff.engines.conv import conv_kernel_grad
+    from spikeff.engines.conv_numpy import conv_currents_np, conv_kernel_grad_np, patches_t
+    rng = np.random.default_rng(7)
+    geos, W, _ = small_net(rng)
+    for geo, Wl in zip(geos[:2], W[:2]):
+        X = rng.random((7, geo.n_in))
+        post = rng.normal(size=(7, geo.n_neurons))
+        P = geo.n_positions
+        cols = patches_t(X, geo, np.empty((geo.n_kernel, 7 * P)))
+        np.testing.assert_array_equal(cols, im2col(X, geo).T)
+        out = np.full((7, geo.n_neurons), np.nan)
+        conv_currents_np(X, Wl, geo, out, max_elements)
+        np.testing.assert_allclose(out, conv_currents(X, Wl, geo), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(conv_kernel_grad_np(post, X, geo, max_elements),
+                                   conv_kernel_grad(post, X, geo), rtol=1e-12, atol=1e-12)
+        X32, W32, p32 = X.astype(np.float32), Wl.astype(np.float32), post.astype(np.float32)
+        out32 = conv_currents_np(X32, W32, geo, np.empty((7, geo.n_neurons), np.float32), max_elements)
+        assert out32.dtype == np.float32
+        np.testing.assert_allclose(out32, conv_currents(X32, W32, geo), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(conv_kernel_grad_np(p32, X32, geo, max_elements),
+                                   conv_kernel_grad(p32, X32, geo), rtol=1e-4, atol=1e-4)
+    assert geos[0].n_global and geos[1].spec.stride == 2 and geos[1].spec.padding == 1
+
+
+def test_pooling_equals_the_sum_over_windows():
+    rng = np.random.default_rng(8)
+    from spikeff.layers import pool_spikes
+    for q, mode in ((2, "sum"), (3, "avg")):
+        geo = layer_geometries([LayerSpec("conv", channels=2, kernel=1, pool=q, pool_mode=mode)], (1, 6, 6), 36)[0]
+        s = (rng.random((4, geo.n_neurons)) < 0.5).astype(np.float32)
+        ref = s.reshape(4, 2, 6 // q, q, 6 // q, q).sum(axis=(3, 5)) / (q * q if mode == "avg" else 1)
+        np.testing.assert_array_equal(pool_spikes(s, geo), ref.reshape(4, -1))
+
+
+@pytest.mark.parametrize("negatives,dtype,readout", [("random", "float64", False), ("random", "float64", True),
+                                                     ("readout_hard", "float32", True)])
+def test_conv_training_stores_instead_of_replaying_with_the_same_updates(digits, negatives, dtype, readout):
+    """Training a conv net keeps the first pass's learning factors (store) when they fit the budget:
+    the same weights as replaying the phases (store_budget_mb=0), bit for bit, also when the first
+    pass runs the neutral-label rows too (readout, not readout_hard); the stored factors are used once."""
+    from spikeff.engines.conv import grads_from_store, store_bytes
+    cfg = conv_config(negatives=negatives, dtype=dtype, readout=readout, epochs=1)
+    X, y = digits.X_train[:64], digits.y_train[:64]
+    nets = [FFNetwork(cfg, store_budget_mb=b) for b in (1024, 0)]
+    modes = [n.initialize(X.shape[1], 10).train_batch(X, y, seed=[3, 1])["update"] for n in nets]
+    assert modes == ["store", "replay"]
+    for Ws, Wr in zip(nets[0].weights_ + nets[0].biases_, nets[1].weights_ + nets[1].biases_):
+        assert Ws.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(Ws, Wr)
+    assert np.abs(nets[0].weights_[0] - FFNetwork(cfg).initialize(X.shape[1], 10).weights_[0]).max() > 0
+    src = nets[0]._source(X[:4], y[:4], seed=[1])
+    itemsize = np.dtype(dtype).itemsize
+    part = nets[0]._run(src, keep=slice(1, 3))                  # a part of the rows: only those kept
+    assert part.stored.nbytes == store_bytes(nets[0].geometries, 2, cfg.n_steps, itemsize)
+    res = nets[0]._run(src, keep=slice(0, 4))
+    assert res.stored.rows == 4 and res.stored.nbytes == store_bytes(nets[0].geometries, 4, cfg.n_steps, itemsize)
+    mods = [np.ones(4)] * 2
+    grads_from_store(res.stored, mods)
+    with pytest.raises(RuntimeError, match="already used"):
+        grads_from_store(res.stored, mods)

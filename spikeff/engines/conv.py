@@ -9,8 +9,10 @@ networks, unchanged); per chunk of ``k`` steps and per layer:
 2. **currents**: a conv layer's ``u[t] = conv(W, e_u[t])`` as one GEMM ``im2col(e_u) @ W.T``,
    ``(k*B*P, C*k*k + G) @ (C*k*k + G, channels)`` (P output positions), done in row blocks of at
    most ``max_elements`` patch entries so memory stays bounded for large maps; a dense layer
-   ``e_u @ W.T``;
-3. **membrane**: :func:`spikeff.neuron.lif_scan` on all (channel, position) neurons;
+   ``e_u @ W.T``. On numpy, :mod:`spikeff.engines.conv_numpy` does the same sums with the patches
+   laid out the other way (wide GEMMs ``W @ patches``, reused buffers; equal to float rounding);
+3. **membrane**: :func:`spikeff.neuron.lif_scan` on all (channel, position) neurons (numpy: with
+   the spikes, counts and goodness, in cache-sized blocks of the batch shared by the engine threads);
 4. **goodness** ``g(v)``, mean over the layer's neurons and steps (membrane energy per layer), and,
    when learning, the exact subthreshold gradient of the shared kernel: the sum over positions
    of ``g'(v) (outer) e_v`` patches, one GEMM ``post.T @ im2col(e_v)`` (the presynaptic
@@ -19,9 +21,14 @@ networks, unchanged); per chunk of ``k`` steps and per layer:
 
 The spikes of a conv layer are pooled (:func:`spikeff.layers.pool_spikes`) before they become
 the next layer's input (one step of synaptic delay, as between dense layers). Memory is
-O(chunk_steps): training replays a phase, as the dense engine does.
+O(chunk_steps) when training replays a phase; as the dense engine, training instead keeps the
+first pass's factors (``keep``: potentials and presynaptic traces of the kept rows,
+:func:`store_bytes`) when they fit ``store_budget_mb``, and :func:`grads_from_store` computes the
+update from them with the replay's code (bit-identical), without simulating the phase again.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -30,8 +37,11 @@ from ..goodness import Goodness
 from ..layers import Geometry, im2col, pool_spikes
 from ..neuron import DiscreteLIF, bias_trace, lif_scan, lif_scan_xp, trace_filter, trace_scan
 from .base import PhaseResult
+from .conv_numpy import conv_currents_np, conv_kernel_grad_np
+from .vectorized import _parallel
 
 MAX_ELEMENTS = 1 << 23     # patch entries per im2col block (32 MB in float32)
+NEURON_BLOCK = 1 << 18     # neuron-steps per block of the elementwise work (1 MB in float32: in the cache)
 
 
 def _permute(a, axes, xp):
@@ -86,15 +96,28 @@ def conv_kernel_grad(post, X, geo: Geometry, xp=np, max_elements: int = MAX_ELEM
     return dW
 
 
+def _in_blocks(fn, B: int, row_elements: int):
+    """``fn(rows)`` over blocks of the batch's rows of about :data:`NEURON_BLOCK` elements (they
+    stay in the cache through the several passes of ``fn``), the blocks shared by the engine threads."""
+    step = max(1, NEURON_BLOCK // max(1, row_elements))
+
+    def work(part):
+        a, b, _ = part.indices(B)
+        for r in range(a, b, step):
+            fn(slice(r, min(r + step, b)))
+    _parallel(work, B, row_elements)
+
+
 class _Layer:
     """State and work of one layer for one phase (O(chunk) memory)."""
 
-    def __init__(self, W, bias, geo: Geometry, lif, goodness, B, modulator, T, xp, normalize):
+    def __init__(self, W, bias, geo: Geometry, lif, goodness, B, modulator, T, xp, normalize, keep=None):
         self.W, self.geo, self.lif, self.goodness, self.xp = W, geo, lif, goodness, xp
         self.normalize = normalize
         self.B, self.N, self.M, self.dtype = B, geo.n_neurons, geo.n_in, W.dtype
         self.np = xp is np
         self.learn = modulator is not None
+        self.keep, self.stored = keep, []      # rows whose v and e_v are stored (None: store nothing)
         if bias is not None and geo.is_conv:      # one bias per channel, the same at every position
             C, P = geo.spec.channels, geo.n_positions
             bias = xp.reshape(xp.broadcast_to(xp.reshape(bias, (C, 1)), (C, P)), (C * P,))
@@ -108,6 +131,7 @@ class _Layer:
         self.g_acc = zeros((B, N), f64)
         self.counts = zeros((B, N), f64)
         self._filters = {}
+        self.with_ev = self.learn or keep is not None
         if self.learn:
             scale = np.asarray(to_numpy(modulator), dtype=np.float64) / (T * N)
             self.scale = to_backend(scale.reshape(1, B, 1), xp, dtype=self.dtype)
@@ -119,15 +143,15 @@ class _Layer:
         xp, B, M, lif = self.xp, self.B, self.M, self.lif
         if self.np:
             Z = np.concatenate([self.state, x[:k - 1]])
-            E = np.empty(((2 if self.learn else 1) * k, B, M), dtype=self.dtype)
-            trace_scan(Z, E, k, lif, self.learn)
+            E = np.empty(((2 if self.with_ev else 1) * k, B, M), dtype=self.dtype)
+            trace_scan(Z, E, k, lif, self.with_ev)
         else:
             if k not in self._filters:
-                self._filters[k] = to_backend(trace_filter(lif, k, with_ev=self.learn), xp, dtype=self.dtype)
+                self._filters[k] = to_backend(trace_filter(lif, k, with_ev=self.with_ev), xp, dtype=self.dtype)
             Z = xp.concat([self.state, x[:k - 1, ...]], axis=0)
             E = xp.reshape(self._filters[k] @ xp.reshape(Z, (k + 2, B * M)), (-1, B, M))
-        ev = E[k:2 * k, ...] if self.learn else None
-        ev_end = E[2 * k - 1, ...] if self.learn else self.state[1, ...]
+        ev = E[k:2 * k, ...] if self.with_ev else None
+        ev_end = E[2 * k - 1, ...] if self.with_ev else self.state[1, ...]
         self.state = xp.stack([E[k - 1, ...], ev_end, x[k - 1, ...]])
         return E[:k, ...], ev
 
@@ -137,36 +161,81 @@ class _Layer:
             x = x * xp.sqrt(M / xp.maximum(xp.sum(x, axis=2, keepdims=True), xp.asarray(1, dtype=x.dtype)))
         eu, ev = self._traces(x, k)
         Eu = xp.reshape(eu, (k * B, M))
-        U = conv_currents(Eu, self.W, geo, xp) if geo.is_conv else Eu @ self.W.T
+        if self.np and geo.is_conv:         # the numpy fast path: wide GEMMs, reused buffers
+            U = conv_currents_np(Eu, self.W, geo, np.empty((k * B, N), dtype=self.dtype), MAX_ELEMENTS)
+        else:
+            U = conv_currents(Eu, self.W, geo, xp) if geo.is_conv else Eu @ self.W.T
         U = xp.reshape(U, (k, B, N))
         if self.bias is not None:
             U = U + self.bias
         if self.np:
-            V = np.ascontiguousarray(U)
-            lif_scan(V, self.dec, lif, self.ref)
+            spikes, post, v_rec = self._neurons_np(np.ascontiguousarray(U), ev, e_b_steps, record)
+            s2 = spikes.reshape(k * B, N)       # pooled as small counts (uint8 up to 255 per window), then cast
+            s2 = s2.view(np.uint8) if geo.spec.pool ** 2 <= 255 else s2.astype(np.int32)
+            out = pool_spikes(s2, geo, np, dtype=self.dtype).reshape(k, B, geo.n_out)
         else:
             V, self.dec, self.ref = lif_scan_xp(U, self.dec, lif, xp, self.ref)
-        spikes = astype(V > lif.v_threshold, self.dtype, xp)
-        self.counts += astype(xp.sum(spikes, axis=0), self.counts.dtype, xp)
-        v_rec = np.array(to_numpy(V)) if record else None
-        # goodness and gradient
-        fused = self.goodness.fused if self.np else None
-        if fused is not None:
-            post = np.empty_like(V) if self.learn else None
-            fused(V, post, self.scale if self.learn else None)
-            self.g_acc += V.sum(axis=0)
-        else:
+            spikes = astype(V > lif.v_threshold, self.dtype, xp)
+            self.counts += astype(xp.sum(spikes, axis=0), self.counts.dtype, xp)
+            v_rec = np.array(to_numpy(V)) if record else None
             self.g_acc += astype(xp.sum(self.goodness.g(V), axis=0), self.g_acc.dtype, xp)
-            post = self.goodness.dg(V) * self.scale if self.learn else None
+            post = self.post(V) if self.learn else None
+            out = xp.reshape(pool_spikes(xp.reshape(spikes, (k * B, N)), geo, xp), (k, B, geo.n_out))
         if self.learn:
-            post2 = xp.reshape(post, (k * B, N))
-            Ev = xp.reshape(ev, (k * B, M))
+            self.accumulate(post, ev, e_b_steps)
+        return out, spikes, v_rec
+
+    def _neurons_np(self, V, ev, e_b_steps, record):
+        """numpy: membrane (in place on the currents ``V`` (k, B, N)), spikes (bool), spike counts,
+        the kept rows' factors, goodness and learning factor, each part of the batch in one engine
+        thread (one pass of thread dispatch per chunk). Returns (spikes, post or None, v or None)."""
+        k, B, N = V.shape
+        lif, fused, ref = self.lif, self.goodness.fused, self.ref
+        spikes = np.empty(V.shape, dtype=bool)
+        Vc = np.empty_like(V) if (self.keep is not None or record) else None   # v before g(v) overwrites it
+        post = np.empty_like(V) if (self.learn and fused is not None) else None
+
+        def block(sl):
+            Vs = V[:, sl]
+            lif_scan(Vs, self.dec[sl], lif, None if ref is None else ref[sl], spikes=spikes[:, sl])
+            self.counts[sl] += spikes[:, sl].sum(axis=0)
+            if Vc is not None:
+                np.copyto(Vc[:, sl], Vs)
+            if fused is not None:
+                fused(Vs, None if post is None else post[:, sl], None if post is None else self.scale[:, sl])
+                self.g_acc[sl] += Vs.sum(axis=0)
+        _in_blocks(block, B, k * N)
+        if fused is None:
+            self.g_acc += self.goodness.g(V).sum(axis=0)
+            post = self.goodness.dg(V) * self.scale if self.learn else None
+        if self.keep is not None:       # the kept rows' learning factors: store_bytes numbers, no more
+            kept = Vc[:, self.keep]
+            self.stored.append((kept if kept.shape[1] == B else kept.copy(), ev[:, self.keep].copy(), e_b_steps))
+        return spikes, post, (Vc if record else None)
+
+    def post(self, V):
+        """The learning factor ``g'(v) * modulator / (T N)`` (k, B, N) of the pre-reset potentials
+        ``V``; the numpy fused kernel overwrites ``V`` with ``g(v)``."""
+        fused = self.goodness.fused if self.np else None
+        if fused is None:
+            return self.goodness.dg(V) * self.scale
+        post, scale = np.empty_like(V), self.scale
+        _in_blocks(lambda sl: fused(V[:, sl], post[:, sl], scale[:, sl]), self.B, V.shape[0] * self.N)
+        return post
+
+    def accumulate(self, post, ev, e_b_steps):
+        """Add the chunk's update: kernels (and label maps) from ``post`` (k, B, N) and the
+        presynaptic traces ``ev`` (k, B, M), the bias from the bias trace ``e_b_steps`` (k,)."""
+        xp, geo, k = self.xp, self.geo, post.shape[0]
+        post2 = xp.reshape(post, (k * self.B, self.N))
+        Ev = xp.reshape(ev, (k * self.B, self.M))
+        if self.np and geo.is_conv:
+            self.dW += conv_kernel_grad_np(post2, Ev, geo, MAX_ELEMENTS)
+        else:
             g = conv_kernel_grad(post2, Ev, geo, xp) if geo.is_conv else post2.T @ Ev
             self.dW += astype(g, self.dW.dtype, xp)
-            eb = e_b_steps if self.np else to_backend(e_b_steps, xp, dtype=np.float64)
-            self.db += eb @ astype(xp.sum(post, axis=1), self.db.dtype, xp)
-        out = xp.reshape(pool_spikes(xp.reshape(spikes, (k * B, N)), geo, xp), (k, B, geo.n_out))
-        return out, spikes, v_rec
+        eb = e_b_steps if self.np else to_backend(e_b_steps, xp, dtype=np.float64)
+        self.db += eb @ astype(xp.sum(post, axis=1), self.db.dtype, xp)
 
     def grads(self):
         xp, geo = self.xp, self.geo
@@ -176,21 +245,75 @@ class _Layer:
         return astype(self.dW, self.dtype, xp), astype(db, self.dtype, xp)
 
 
+@dataclass
+class ConvStoredFactors:
+    """What the local update needs of a phase, for the kept rows (see :func:`grads_from_store`):
+    ``chunks[l]``, per chunk ``(v, e_v, e_b_steps)``: pre-reset potentials (k, R, N), presynaptic
+    traces (k, R, M) and the bias trace (k,). Layer ``l``'s arguments to rebuild its learner."""
+
+    chunks: list
+    layers: list            # per layer: (W, geometry)
+    lif: DiscreteLIF
+    goodness: Goodness
+    n_steps: int
+    rows: int
+    consumed: bool = False
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(v.nbytes + e.nbytes for layer in self.chunks for v, e, _ in layer))
+
+
+def store_bytes(geometries, rows: int, n_steps: int, itemsize: int) -> int:
+    """Bytes that storing a phase of ``rows`` batch rows takes: ``T x rows x (N + M)`` numbers per
+    layer (potentials and presynaptic traces)."""
+    return int(n_steps * rows * sum(g.n_neurons + g.n_in for g in geometries) * itemsize)
+
+
+def grads_from_store(stored: ConvStoredFactors, modulators) -> list:
+    """The update of each layer ``[(dW, db)]`` from a stored phase: the same factors and the same
+    code as a replay (``run_phase(..., modulators=...)``) of the kept rows, so equal to it
+    bit for bit. Consumes ``stored`` (the kept potentials are overwritten)."""
+    if stored.consumed:
+        raise RuntimeError("grads_from_store: these stored factors were already used; keep the phase again")
+    stored.consumed = True
+    out = []
+    for l, chunks in enumerate(stored.chunks):
+        m = modulators[l]
+        if m is None or not chunks:
+            out.append(None)
+            continue
+        m = np.asarray(to_numpy(m), dtype=np.float64)
+        if m.shape != (stored.rows,):
+            raise ValueError(f"layer {l}: modulators must have shape ({stored.rows},) (one per kept row), got {m.shape}")
+        W, geo = stored.layers[l]
+        layer = _Layer(W, None, geo, stored.lif, stored.goodness, stored.rows, m, stored.n_steps, np, False)
+        for V, Ev, e_b_steps in chunks:
+            layer.accumulate(layer.post(V), Ev, e_b_steps)
+        out.append(layer.grads())
+    return out
+
+
 def run_phase(weights, biases, lif: DiscreteLIF, goodness: Goodness, source, chunk_steps: int,
-              modulators=None, record: bool = False, normalize: bool = False, geometries=None) -> PhaseResult:
+              modulators=None, record: bool = False, normalize: bool = False, geometries=None,
+              keep=None) -> PhaseResult:
     """Simulate one phase of a network of conv and dense layers (``geometries``: one
     :class:`spikeff.layers.Geometry` per layer) on the spikes of ``source``. Arguments and result
     as :func:`spikeff.engines.vectorized.run_phase`; a conv layer's weights are its kernels
     (channels, C*k*k + G), its bias and bias gradient one per channel; ``record`` gives the
-    unpooled spikes and potentials of every layer, neurons in (channel, row, column) order."""
+    unpooled spikes and potentials of every layer, neurons in (channel, row, column) order.
+    ``keep`` (a slice of rows, numpy only): keep those rows' learning factors in
+    ``result.stored`` (:class:`ConvStoredFactors`) for :func:`grads_from_store` instead of a replay."""
     if geometries is None or len(geometries) != len(weights):
         raise ValueError("run_phase (conv engine) needs one geometry per layer")
     xp = namespace(*weights)
+    if keep is not None and xp is not np:
+        raise ValueError("run_phase (conv engine): keep (store) needs numpy weights; replay instead")
     B, T, L = source.shape[0], source.n_steps, len(weights)
     if source.shape[1] != geometries[0].n_in:
         raise ValueError(f"source has {source.shape[1]} channels, the first layer expects {geometries[0].n_in}")
     mods = modulators if modulators is not None else [None] * L
-    layers = [_Layer(W, biases[l], geometries[l], lif, goodness, B, mods[l], T, xp, normalize and l > 0)
+    layers = [_Layer(W, biases[l], geometries[l], lif, goodness, B, mods[l], T, xp, normalize and l > 0, keep)
               for l, W in enumerate(weights)]
     rec_in, rec_s, rec_v = [], [[] for _ in range(L)], [[] for _ in range(L)]
     e_b = 0.0
@@ -208,6 +331,10 @@ def run_phase(weights, biases, lif: DiscreteLIF, goodness: Goodness, source, chu
     neuron_g = [to_numpy(layer.g_acc) / T for layer in layers]
     result = PhaseResult(goodness=[g.mean(axis=1) for g in neuron_g], neuron_goodness=neuron_g,
                          spike_counts=[to_numpy(layer.counts).astype(np.int64) for layer in layers])
+    if keep is not None:
+        rows = len(range(B)[keep])
+        result.stored = ConvStoredFactors([layer.stored for layer in layers],
+                                          [(layer.W, layer.geo) for layer in layers], lif, goodness, T, rows)
     if any(layer.learn for layer in layers):
         result.grads = [layer.grads() if layer.learn else None for layer in layers]
     if record:
