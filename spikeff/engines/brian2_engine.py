@@ -25,7 +25,8 @@ slot                  what runs
                       the buffer ``I_in`` that the postsynaptic layer reads at step t+1 (one step
                       of delay); every synapse (the Synapses' ``run_regularly`` operation
                       ``learn``): ``dW += gp_post * e_v_pre``, the three-factor update (``gp`` is 0
-                      outside a replay; runtime targets switch the operation off then)
+                      outside a replay; runtime targets switch the operation off then, the
+                      standalone program does not make its learning synapses)
 ``resets``            ``v = v_reset; x_last = 1; count += 1; ref = refractory_steps``
 ====================  ========================================================================
 
@@ -57,11 +58,21 @@ per epoch) is read at ``t - t_start``.
 **Targets** (:data:`TARGET`, from the environment variable ``SPIKEFF_BRIAN2_TARGET``): ``numpy``
 and ``cython`` (runtime code generation), and ``cpp_standalone``: the network is compiled once
 (``set_device('cpp_standalone', build_on_run=False)``, ``device.build(run=False)``, in a
-temporary directory per network and process) and every epoch is one run of the binary, with
-``device.run(run_args=...)`` giving that epoch's input spikes (the TimedArray ``stimulus``),
-weights (a TimedArray table ``W(l)`` from which ``w`` is set after the synapses are made), biases
-and modulators, so no new input or weight needs a recompilation. Each run of the binary starts
-from rest. Brian2 always computes in float64; results are cast to the weights' dtype.
+temporary directory per network and process) as a program of :data:`EPOCHS_PER_RUN` (``E``)
+run() epochs, each from rest (the state variables are set back to rest between them, in the
+program); every run of the binary (``device.run(run_args=...)``) runs ``E`` of a call's epochs
+(the positive and the negative phase side by side, or their two replays: one run per call; a last
+group padded with silent epochs). The run arguments give that run's input spikes (the TimedArray
+``stimulus``, ``E T`` rows), weights (a TimedArray table ``W(l)`` from which ``w`` is set after
+the synapses are made), biases, the modulators of each epoch (a table ``mod(l)``, one row per
+epoch, set into ``m`` at the start of each epoch) and per layer the flag ``learn``; so no new
+input or weight needs a recompilation. The update ``dW`` lives in separate *learning synapses*
+(same pattern and order as the synapses ``w``), made only when the layer's ``learn`` is 1 (the
+connection's condition ``learn_post > 0``): a run without learning does no per-synapse update
+work. ``dW`` and ``db_acc`` add up over the epochs of a run (the update of a call is their sum);
+the goodness and spike counts of every epoch but the last are copied (``g_acc_e0``, ...) at its
+end. Each run of the binary makes the synapses and writes every array at its end (Brian2's
+``brian_end``). Brian2 always computes in float64; results are cast to the weights' dtype.
 """
 from __future__ import annotations
 
