@@ -66,9 +66,10 @@ group padded with silent epochs). The run arguments give that run's input spikes
 ``stimulus``, ``E T`` rows), weights (a TimedArray table ``W(l)`` from which ``w`` is set after
 the synapses are made), biases, the modulators of each epoch (a table ``mod(l)``, one row per
 epoch, set into ``m`` at the start of each epoch) and per layer the flag ``learn``; so no new
-input or weight needs a recompilation. The update ``dW`` lives in separate *learning synapses*
-(same pattern and order as the synapses ``w``), made only when the layer's ``learn`` is 1 (the
-connection's condition ``learn_post > 0``): a run without learning does no per-synapse update
+input or weight needs a recompilation. The program has two sets of synapses per layer, with the
+same pattern and order, of which a run makes one (the connection's condition on the layer's
+``learn``): with the update ``dW`` and its operation where the layer learns in that run, without
+(``w`` only) where it does not, so that a run without learning does no per-synapse update
 work. ``dW`` and ``db_acc`` add up over the epochs of a run (the update of a call is their sum);
 the goodness and spike counts of every epoch but the last are copied (``g_acc_e0``, ...) at its
 end. Each run of the binary makes the synapses and writes every array at its end (Brian2's
@@ -272,40 +273,43 @@ class _Network:
             # biases, flags and tables come from run_args (before the synapses: ``learn`` decides
             # which learning synapses are made); w is set from the table after the synapses are made
             self.device.apply_run_args()
-        self.synapses, self.learning, self.tables, self.v_mons, self.s_mons, self.learn_ops = [], [], [], [], [], []
+        self.synapses, self.plain, self.tables, self.v_mons, self.s_mons, self.learn_ops = [], [], [], [], [], []
         for l in range(self.L):
             M, N = self.sizes[l], self.sizes[l + 1]
             pre, grp = self.groups[l], self.groups[l + 1]
             table = b2.TimedArray(np.zeros((1, N * M)), dt=T * dt, name=f"W{l}")   # weights by j*M + i
-            syn = b2.Synapses(pre, grp, "w : volt" if self.standalone else "w : volt\ndW : 1",
-                              on_pre={"pre": "I_in_post += w"},
-                              delay={"pre": 0 * b2.second},  # shared, not per synapse
-                              dt=dt, namespace={"W_table": table}, name=f"synapses{l}")
+
+            def synapses(model, name):
+                return b2.Synapses(pre, grp, model, on_pre={"pre": "I_in_post += w"},
+                                   delay={"pre": 0 * b2.second},  # shared, not per synapse
+                                   dt=dt, namespace={"W_table": table}, name=name)
+
             # all-to-all within each replica: presynaptic i of replica i // M -> that replica's N
             pattern = f"k for k in range((i // {M})*{N}, (i // {M} + 1)*{N})"
-            syn.connect(j=pattern)
+            syn = synapses("w : volt\ndW : 1", f"synapses{l}")
             if self.standalone:
-                # the update lives in its own synapses (same pattern, same order), made only in a
-                # run of the program whose layer learns: otherwise no per-synapse work at all
-                lsyn = b2.Synapses(pre, grp, "dW : 1", dt=dt, name=f"learning{l}")
-                lsyn.connect(j=pattern + " if learn_post > 0")
+                # two sets of synapses (same pattern, same order), of which a run of the program
+                # makes one: with the update dW where the layer learns in that run, without (no
+                # per-synapse update work) where it does not
+                syn.connect(j=pattern + " if learn_post > 0")
+                plain = synapses("w : volt", f"plain{l}")
+                plain.connect(j=pattern + " if learn_post == 0")
+                self.plain.append(plain)
             else:
-                lsyn = syn
+                syn.connect(j=pattern)
             # the three-factor update of every synapse, every step (after the groups' update)
-            self.learn_ops.append(lsyn.run_regularly("dW += gp_post*e_v_pre", when="synapses",
-                                                     name=f"synapses{l}_learn"))
+            self.learn_ops.append(syn.run_regularly("dW += gp_post*e_v_pre", when="synapses",
+                                                    name=f"synapses{l}_learn"))
             if self.record:
                 self.v_mons.append(b2.StateMonitor(grp, "v", record=True, when="after_groups", name=f"v{l}"))
                 self.s_mons.append(b2.SpikeMonitor(grp, name=f"spikes{l}"))
             self.synapses.append(syn)
-            self.learning.append(lsyn)
             self.tables.append(table)
-        extra_objects = self.learning if self.standalone else []
-        self.net = b2.Network(self.groups, self.synapses, extra_objects, self.v_mons, self.s_mons)
+        self.net = b2.Network(self.groups, self.synapses, self.plain, self.v_mons, self.s_mons)
         if self.standalone:
             # the program: E run() epochs, each from rest, with that epoch's modulators
-            for l, syn in enumerate(self.synapses):
-                M, N = self.sizes[l], self.sizes[l + 1]
+            for l, syn in enumerate(self.synapses + self.plain):
+                M, N = self.sizes[l % self.L], self.sizes[l % self.L + 1]
                 syn.w = f"W_table(0*second, (j % {N})*{M} + (i % {M}))*mV"
             for e in range(E):
                 if e > 0:
@@ -331,8 +335,12 @@ class _Network:
                 syn.variables["dW"].set_value(0.0)
 
     def _flat_indices(self):
+        """Per layer, the index into ``W.ravel()`` of each synapse (standalone: from the set of
+        synapses the last run of the program made; both sets have the same order)."""
         self.flat = []
         for l, syn in enumerate(self.synapses):
+            if self.standalone and len(np.asarray(syn.i[:])) == 0:
+                syn = self.plain[l]
             M, N = self.sizes[l], self.sizes[l + 1]
             self.flat.append((np.asarray(syn.j[:]) % N) * M + np.asarray(syn.i[:]) % M)
 
@@ -448,9 +456,9 @@ class _Network:
                 grads.append(None)
                 continue
             N, M = self.sizes[l + 1], self.sizes[l]
-            dW = np.asarray(self.learning[l].variables["dW"].get_value())
+            dW = np.asarray(self.synapses[l].variables["dW"].get_value())
             if dW.shape != self.flat[l].shape:
-                raise RuntimeError(f"layer {l}: {dW.shape[0]} learning synapses, {self.flat[l].shape[0]} synapses")
+                raise RuntimeError(f"layer {l}: {dW.shape[0]} learning synapses, {self.flat[l].shape[0]} expected")
             grads.append((np.bincount(self.flat[l], weights=dW, minlength=N * M).reshape(N, M),
                           np.array(self.groups[l + 1].variables["db_acc"].get_value()).reshape(self.R, N).sum(axis=0)))
         return grads
