@@ -335,14 +335,21 @@ class _Network:
                 syn.variables["dW"].set_value(0.0)
 
     def _flat_indices(self):
-        """Per layer, the index into ``W.ravel()`` of each synapse (standalone: from the set of
-        synapses the last run of the program made; both sets have the same order)."""
-        self.flat = []
+        """Per layer, the index into ``W.ravel()`` of each synapse, or None where the synapses are
+        in the order of the connection pattern (replica r, presynaptic i, postsynaptic j: synapse
+        ``(r M + i) N + j`` holds ``W[j, i]``; then the replicas' updates are summed by a reshape).
+        Standalone: from the set of synapses the last run of the program made (both sets have the
+        same order)."""
+        self.flat, self.n_syn = [], []
         for l, syn in enumerate(self.synapses):
             if self.standalone and len(np.asarray(syn.i[:])) == 0:
                 syn = self.plain[l]
             M, N = self.sizes[l], self.sizes[l + 1]
-            self.flat.append((np.asarray(syn.j[:]) % N) * M + np.asarray(syn.i[:]) % M)
+            flat = (np.asarray(syn.j[:]) % N) * M + np.asarray(syn.i[:]) % M
+            regular = flat.size == self.R * M * N and bool(
+                (flat.reshape(self.R, M, N) == (np.arange(N) * M + np.arange(M)[:, None])).all())
+            self.flat.append(None if regular else flat)
+            self.n_syn.append(flat.size)
 
     def run_epochs(self, epochs, weights, biases):
         """Phases from rest, each its own run() epoch. ``epochs``: list of ``(x, mods)``, ``x``
@@ -410,7 +417,8 @@ class _Network:
         for l, syn in enumerate(self.synapses):          # weights in place, only when changed
             W = np.asarray(weights[l], np.float64)
             if self._w_loaded[l] is None or not np.array_equal(self._w_loaded[l], W):
-                syn.variables["w"].set_value(W.ravel()[self.flat[l]] * volt_per_mV)
+                w = np.tile(W.T.ravel(), self.R) if self.flat[l] is None else W.ravel()[self.flat[l]]
+                syn.variables["w"].set_value(w * volt_per_mV)
                 self._w_loaded[l] = W.copy()
         for l in range(L):
             self.groups[l + 1].variables["b"].set_value(b_vals[l])
@@ -457,9 +465,13 @@ class _Network:
                 continue
             N, M = self.sizes[l + 1], self.sizes[l]
             dW = np.asarray(self.synapses[l].variables["dW"].get_value())
-            if dW.shape != self.flat[l].shape:
-                raise RuntimeError(f"layer {l}: {dW.shape[0]} learning synapses, {self.flat[l].shape[0]} expected")
-            grads.append((np.bincount(self.flat[l], weights=dW, minlength=N * M).reshape(N, M),
+            if dW.shape != (self.n_syn[l],):
+                raise RuntimeError(f"layer {l}: {dW.shape[0]} learning synapses, {self.n_syn[l]} expected")
+            if self.flat[l] is None:
+                dW = np.ascontiguousarray(dW.reshape(self.R, M, N).sum(axis=0).T)
+            else:
+                dW = np.bincount(self.flat[l], weights=dW, minlength=N * M).reshape(N, M)
+            grads.append((dW,
                           np.array(self.groups[l + 1].variables["db_acc"].get_value()).reshape(self.R, N).sum(axis=0)))
         return grads
 
