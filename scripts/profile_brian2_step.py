@@ -2,7 +2,7 @@
 
 Builds the engine's network for ``B`` replicas of 794 -> sizes, ``T`` steps (the problem of
 experiments/bench_engines.py), runs one step to build it, then one more step under cProfile. For
-cpp_standalone it prints, per run of the binary (one per phase), the wall time and the CPU time of
+cpp_standalone it prints, per run of the binary (EPOCHS_PER_RUN phases each), the wall time and the CPU time of
 the binary (user and system: on a shared machine the CPU time is the steadier measure); with
 ``--perf FILE`` the binary runs under ``perf record`` (inspect with ``perf report -i FILE`` in the
 build folder, kept with SPIKEFF_BRIAN2_BUILD_DIR).

@@ -197,6 +197,21 @@ def test_phases_are_run_epochs_of_one_network(target_name, request, monkeypatch)
         pos, neg = (SpikeSource(s.x[::-1].copy(), "rate", 30, 1e-3, 400.0, seed=[7, k], dtype=np.float64)
                     for k, s in enumerate((pos, neg)))
     assert engine.networks[0].build_seconds == build
+    # three phases in one call (cpp_standalone: two runs of its two-epoch program, the second padded
+    # with a silent epoch), only the second layer learning, no biases
+    three = ConcatSource([pos, neg, pos])
+    mods = [None, np.linspace(-1, 1, 9)]
+    ref = vectorized.run_phase(W, [None, None], lif, g, three, chunk_steps=7, modulators=mods, record=True)
+    res = engine(W, [None, None], lif, g, three, modulators=mods, record=True)
+    assert res.grads[0] is None
+    assert_same_phase(ref, res, learn=False)
+    np.testing.assert_allclose(res.grads[1][0], ref.grads[1][0], rtol=0, atol=TOL)
+    np.testing.assert_allclose(res.grads[1][1], ref.grads[1][1], rtol=0, atol=TOL)
+    assert np.abs(ref.grads[1][0]).max() > 1e-3
+    [net] = engine.networks
+    assert net.epochs_run == 4 * 2 + 3 and net.build_seconds == build
+    if target_name == "cpp_standalone":
+        assert net.binary_runs == 2 * 2 + 2
 
 
 def test_other_dt_and_time_constants(target):

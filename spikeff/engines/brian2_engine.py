@@ -27,8 +27,9 @@ slot                  what runs
                       the buffer ``I_in`` that the postsynaptic layer reads at step t+1 (one step
                       of delay); every synapse (the Synapses' ``run_regularly`` operation
                       ``learn``): ``dW += gp_post * e_v_pre``, the three-factor update (``gp`` is 0
-                      outside a replay; runtime targets switch the operation off then); the
-                      one-to-one ``input_relay``: ``x_last_post = 1`` in ``input_traces``
+                      outside a replay; runtime targets switch the operation off then, the
+                      standalone program does not make its learning synapses); the one-to-one
+                      ``input_relay`` (runtime targets): ``x_last_post = 1`` in ``input_traces``
 ``resets``            ``v = v_reset; x_last = 1; count += 1; ref = refractory_steps``
 ====================  ========================================================================
 
@@ -71,17 +72,28 @@ Between epochs the runtime targets reset every state variable to rest explicitly
 **Targets** (:data:`TARGET`, from the environment variable ``SPIKEFF_BRIAN2_TARGET``): ``numpy``
 and ``cython`` (runtime code generation), and ``cpp_standalone``: the network is compiled once
 (``set_device('cpp_standalone', build_on_run=False)``, ``device.build(run=False)``, in a
-temporary directory per network and process) and every epoch is one run of the binary, with
-``device.run(run_args=...)`` giving that epoch's input spikes (the TimedArray ``stimulus``),
-weights (a TimedArray table ``W(l)`` from which ``w`` is set after the synapses are made), biases
-and modulators, so no new input or weight needs a recompilation. Each run of the binary starts
-from rest. The standalone input is a NeuronGroup reading the TimedArray, not a
+temporary directory per network and process) as a program of :data:`EPOCHS_PER_RUN` (``E``)
+run() epochs, each from rest (the state variables are set back to rest between them, in the
+program); every run of the binary (``device.run(run_args=...)``) runs ``E`` of a call's epochs
+(the positive and the negative phase side by side, or their two replays: one run per call; a last
+group padded with silent epochs). The run arguments give that run's input spikes (the TimedArray
+``stimulus``, ``E T`` rows), weights (a TimedArray table ``W(l)`` from which ``w`` is set after
+the synapses are made), biases, the modulators of each epoch (a table ``mod(l)``, one row per
+epoch, set into ``m`` at the start of each epoch) and per layer the flag ``learn``; so no new
+input or weight needs a recompilation. The program has two sets of synapses per layer, with the
+same pattern and order, of which a run makes one (the connection's condition on the layer's
+``learn``): with the update ``dW`` and its operation where the layer learns in that run, without
+(``w`` only) where it does not, so that a run without learning does no per-synapse update
+work. ``dW`` and ``db_acc`` add up over the epochs of a run (the update of a call is their sum);
+the goodness and spike counts of every epoch but the last are copied (``g_acc_e0``, ...) at its
+end. Each run of the binary makes the synapses and writes every array at its end (Brian2's
+``brian_end``). The standalone input is a NeuronGroup reading the TimedArray, not a
 SpikeGeneratorGroup: in Brian2 (2.9) a SpikeGeneratorGroup's spikes are fixed when the binary is
-built, since ``SpikeGeneratorGroup.before_run`` computes its time bins in Python, and
-``run_args`` cannot replace them (its ``neuron_index``, ``spike_time`` and ``_timebins`` are
-read-only, which the generated ``set_variable_by_name`` skips, and a dynamic array set from the
-command line keeps its built size; Brian2 issue 1578 "Make SpikeGeneratorGroup work for
-run_args" is open). Brian2 always computes in float64; results are cast to the weights' dtype.
+built, since ``SpikeGeneratorGroup.before_run`` computes its time bins in Python, and ``run_args``
+cannot replace them (its ``neuron_index``, ``spike_time`` and ``_timebins`` are read-only, which the
+generated ``set_variable_by_name`` skips, and a dynamic array set from the command line keeps its
+built size; Brian2 issue 1578 "Make SpikeGeneratorGroup work for run_args" is open).
+Brian2 always computes in float64; results are cast to the weights' dtype.
 """
 from __future__ import annotations
 
@@ -107,6 +119,10 @@ MAX_REPLICAS = int(os.environ.get("SPIKEFF_BRIAN2_REPLICAS", "64"))
 #: the generated code is the same: Brian2 rewrites only changed files, make recompiles only those);
 #: None: a temporary folder per network and process, removed at exit
 BUILD_DIR = os.environ.get("SPIKEFF_BRIAN2_BUILD_DIR") or None
+#: cpp_standalone: run() epochs (phases) per run of the binary: a call's epochs (the positive and the
+#: negative phase of ``train_batch``, or their replays) run in groups of this many, a last group
+#: padded with silent epochs
+EPOCHS_PER_RUN = int(os.environ.get("SPIKEFF_BRIAN2_EPOCHS_PER_RUN", "2"))
 #: cpp_standalone: parallel compile jobs (Brian2's default ``make -j`` starts one per source file)
 MAKE_JOBS = int(os.environ.get("SPIKEFF_BRIAN2_MAKE_JOBS", "2"))
 
@@ -206,19 +222,23 @@ def _remove_build_dirs():
 
 
 class _Network:
-    """One persistent Brian2 network: groups, synapses (and monitors) built once; one epoch per run."""
+    """One persistent Brian2 network: groups, synapses (and monitors) built once; one epoch per run()."""
 
-    def __init__(self, sizes, R, T, lif: DiscreteLIF, goodness: Goodness, record: bool, target: str):
+    def __init__(self, sizes, R, T, lif: DiscreteLIF, goodness: Goodness, record: bool, target: str,
+                 epochs_per_run: int | None = None):
         import brian2 as b2
 
         self.b2, self.sizes, self.R, self.T, self.lif = b2, list(sizes), R, T, lif
         self.record, self.target = record, target
         self.standalone = target == "cpp_standalone"
         self.L = len(sizes) - 1
+        #: run() epochs per run of the program (standalone; the runtime targets run one at a time)
+        self.E = max(1, EPOCHS_PER_RUN if epochs_per_run is None else epochs_per_run) if self.standalone else 1
         self.flat = None                                    # per layer: index into W.ravel() of each synapse
         self._w_loaded = [None] * self.L                    # runtime: weights now in the Synapses
         self.build_seconds = 0.0
-        self.epochs_run = 0                                 # run() epochs (phases) so far
+        self.epochs_run = 0                                 # run() epochs (phases) so far, padding excluded
+        self.binary_runs = 0                                # standalone: runs of the compiled program
         t0 = time.perf_counter()
         if self.standalone:
             from brian2.devices.cpp_standalone.device import CPPStandaloneDevice
@@ -226,7 +246,7 @@ class _Network:
             from brian2.utils.filelock import FileLock
             if BUILD_DIR:
                 spec = repr((b2.__version__, self.sizes, R, T, lif, goodness.name, goodness.expr,
-                             goodness.dexpr, record, b2.prefs.codegen.cpp.extra_compile_args_gcc))
+                             goodness.dexpr, record, self.E, b2.prefs.codegen.cpp.extra_compile_args_gcc))
                 self.directory = os.path.join(BUILD_DIR, hashlib.sha256(spec.encode()).hexdigest()[:16])
                 os.makedirs(self.directory, exist_ok=True)
             else:
@@ -248,22 +268,29 @@ class _Network:
         self.build_seconds = time.perf_counter() - t0
 
     def _build(self, goodness):
-        b2, lif, R, T = self.b2, self.lif, self.R, self.T
+        b2, lif, R, T, E = self.b2, self.lif, self.R, self.T, self.E
         dt, mV = lif.dt * b2.second, b2.mV
         M0 = self.sizes[0]
         const = lif.brian2_namespace(mV)
-        self.stimulus = None
+        self.stimulus = None        # standalone: a TimedArray (made below), runtime: a SpikeGeneratorGroup
+        # standalone: per layer, the modulators of each epoch (row e), set into m at the epoch's start
+        self.mod_tables = [b2.TimedArray(np.zeros((E, R * n)), dt=T * dt, name=f"mod{l}")
+                           for l, n in enumerate(self.sizes[1:])] if self.standalone else []
 
-        def group(n, name, **kw):
+        def group(n, name, extra=(), tables=(), **kw):
             spec = layer_model(lif, **kw)
-            ns = dict(const, stimulus=self.stimulus) if self.standalone else const
-            grp = b2.NeuronGroup(n, spec["model"], threshold=spec["threshold"], reset=spec["reset"],
-                                 dt=dt, namespace=ns, name=name)
+            ns = dict(const, **{t.name: t for t in tables})
+            if self.stimulus is not None:
+                ns["stimulus"] = self.stimulus
+            grp = b2.NeuronGroup(n, "\n".join([spec["model"], *extra]), threshold=spec["threshold"],
+                                 reset=spec["reset"], dt=dt, namespace=ns, name=name)
             grp.run_regularly(spec["update"], when="groups", name=f"{name}_update")
             return grp
 
         if self.standalone:     # input spikes: a TimedArray (a SpikeGeneratorGroup is fixed at build)
-            self.stimulus = b2.TimedArray(np.zeros((T, R * M0)), dt=dt, name="stimulus")
+            # the input of the E epochs of one run of the program (row e T + s: step s of epoch e;
+            # t_start stays 0)
+            self.stimulus = b2.TimedArray(np.zeros((E * T, R * M0)), dt=dt, name="stimulus")
             self.groups = [group(R * M0, "input", goodness=None, stimulus=True)]
             self.input_traces, self.relay = self.groups[0], None
         else:                   # input spikes: a SpikeGeneratorGroup, set_spikes per epoch
@@ -273,21 +300,46 @@ class _Network:
             self.relay = b2.Synapses(self.groups[0], self.input_traces, on_pre="x_last_post = 1",
                                      delay=0 * b2.second, dt=dt, name="input_relay")
             self.relay.connect(j="i")
-        self.synapses, self.tables, self.v_mons, self.s_mons, self.learn_ops = [], [], [], [], []
+        # standalone layers also carry the flag ``learn`` (a run argument: 1 creates the layer's
+        # learning synapses in that run of the program) and the goodness and spike count at the end
+        # of every epoch but the last of a run
+        extra = (["learn : 1 (shared, constant)  # the learning synapses exist in this run"]
+                 + [f"{v}_e{e} : 1  # {v} at the end of epoch {e}" for e in range(E - 1) for v in ("g_acc", "count")]
+                 if self.standalone else [])
+        for l in range(self.L):
+            self.groups.append(group(R * self.sizes[l + 1], f"layer{l}", extra, self.mod_tables[l:l + 1],
+                                     goodness=goodness, traces=l + 2 < len(self.sizes)))
+        if self.standalone:
+            # biases, flags and tables come from run_args (before the synapses: ``learn`` decides
+            # which learning synapses are made); w is set from the table after the synapses are made
+            self.device.apply_run_args()
+        self.synapses, self.plain, self.tables, self.v_mons, self.s_mons, self.learn_ops = [], [], [], [], [], []
         for l in range(self.L):
             M, N = self.sizes[l], self.sizes[l + 1]
-            grp = group(R * N, f"layer{l}", goodness=goodness, traces=l + 1 < self.L)
+            pre, grp = self.groups[l], self.groups[l + 1]
             table = b2.TimedArray(np.zeros((1, N * M)), dt=T * dt, name=f"W{l}")   # weights by j*M + i
+
+            def synapses(model, name):
+                return b2.Synapses(pre, grp, model, on_pre={"pre": "I_in_post += w"},
+                                   delay={"pre": 0 * b2.second},  # shared, not per synapse
+                                   dt=dt, namespace={"W_table": table}, name=name)
+
             # presynaptic trace e_v: the input's sits in input_traces (a linked variable), not in
-            # the SpikeGeneratorGroup that sends the spikes
+            # the SpikeGeneratorGroup that sends the spikes (runtime targets)
             linked = l == 0 and self.input_traces is not self.groups[0]
-            model = "w : volt\ndW : 1" + ("\ne_v_in : 1 (linked)" if linked else "")
-            syn = b2.Synapses(self.groups[-1], grp, model,
-                              on_pre={"pre": "I_in_post += w"},
-                              delay={"pre": 0 * b2.second},  # shared, not per synapse
-                              dt=dt, namespace={"W_table": table}, name=f"synapses{l}")
             # all-to-all within each replica: presynaptic i of replica i // M -> that replica's N
-            syn.connect(j=f"k for k in range((i // {M})*{N}, (i // {M} + 1)*{N})")
+            pattern = f"k for k in range((i // {M})*{N}, (i // {M} + 1)*{N})"
+            syn = synapses("w : volt\ndW : 1" + ("\ne_v_in : 1 (linked)" if linked else ""), f"synapses{l}")
+            if self.standalone:
+                # two sets of synapses (same pattern, same order), of which a run of the program
+                # makes one: with the update dW where the layer learns in that run, without (no
+                # per-synapse update work) where it does not
+                syn.connect(j=pattern + " if learn_post > 0")
+                plain = synapses("w : volt", f"plain{l}")
+                plain.connect(j=pattern + " if learn_post == 0")
+                self.plain.append(plain)
+            else:
+                syn.connect(j=pattern)
             if linked:
                 syn.e_v_in = b2.linked_var(self.input_traces, "e_v", index="_synaptic_pre")
             # the three-factor update of every synapse, every step (after the groups' update)
@@ -296,63 +348,114 @@ class _Network:
             if self.record:
                 self.v_mons.append(b2.StateMonitor(grp, "v", record=True, when="after_groups", name=f"v{l}"))
                 self.s_mons.append(b2.SpikeMonitor(grp, name=f"spikes{l}"))
-            self.groups.append(grp)
             self.synapses.append(syn)
             self.tables.append(table)
+        relay = [] if self.relay is None else [self.input_traces, self.relay]
+        self.net = b2.Network(self.groups, relay, self.synapses, self.plain, self.v_mons, self.s_mons)
         if self.standalone:
-            # biases, modulators and the tables come from run_args; w is set from the table after
-            self.device.apply_run_args()
-            for l, syn in enumerate(self.synapses):
-                M, N = self.sizes[l], self.sizes[l + 1]
+            # the program: E run() epochs, each from rest, with that epoch's modulators
+            for l, syn in enumerate(self.synapses + self.plain):
+                M, N = self.sizes[l % self.L], self.sizes[l % self.L + 1]
                 syn.w = f"W_table(0*second, (j % {N})*{M} + (i % {M}))*mV"
-        extra = [] if self.relay is None else [self.input_traces, self.relay]
-        self.net = b2.Network(self.groups, extra, self.synapses, self.v_mons, self.s_mons)
-        if self.standalone:
-            self.net.run(T * dt, namespace={})
+            for e in range(E):
+                if e > 0:
+                    self._reset(keep=("db_acc",))      # dW and db_acc add up over the epochs of a run
+                for l, grp in enumerate(self.groups[1:]):
+                    grp.m = f"mod{l}(t, i)"
+                self.net.run(T * dt, namespace={})
+                if e < E - 1:
+                    for grp in self.groups[1:]:
+                        setattr(grp, f"g_acc_e{e}", "g_acc")
+                        setattr(grp, f"count_e{e}", "count")
 
-    # -- one epoch ------------------------------------------------------------------------------
-    def _reset(self):
-        """Every state variable back to rest (runtime targets; the weights ``w`` are kept)."""
+    # -- epochs ---------------------------------------------------------------------------------
+    def _reset(self, keep=()):
+        """Every state variable back to rest (the weights ``w`` and the names in ``keep`` are
+        kept; standalone: the code that does it, between two epochs of the program)."""
         for grp in [self.input_traces] + self.groups[1:]:
             for name in grp.equations.names:
-                if not grp.variables[name].constant:
+                if not grp.variables[name].constant and name not in keep and not re.search(r"_e\d+$", name):
                     grp.variables[name].set_value(0.0)
-        for syn in self.synapses:
-            syn.variables["dW"].set_value(0.0)
+        if not self.standalone:
+            for syn in self.synapses:
+                syn.variables["dW"].set_value(0.0)
 
     def _flat_indices(self):
-        self.flat = []
+        """Per layer, the index into ``W.ravel()`` of each synapse, or None where the synapses are
+        in the order of the connection pattern (replica r, presynaptic i, postsynaptic j: synapse
+        ``(r M + i) N + j`` holds ``W[j, i]``; then the replicas' updates are summed by a reshape).
+        Standalone: from the set of synapses the last run of the program made (both sets have the
+        same order)."""
+        self.flat, self.n_syn = [], []
         for l, syn in enumerate(self.synapses):
+            if self.standalone and len(np.asarray(syn.i[:])) == 0:
+                syn = self.plain[l]
             M, N = self.sizes[l], self.sizes[l + 1]
-            self.flat.append((np.asarray(syn.j[:]) % N) * M + np.asarray(syn.i[:]) % M)
+            flat = (np.asarray(syn.j[:]) % N) * M + np.asarray(syn.i[:]) % M
+            regular = flat.size == self.R * M * N and bool(
+                (flat.reshape(self.R, M, N) == (np.arange(N) * M + np.arange(M)[:, None])).all())
+            self.flat.append(None if regular else flat)
+            self.n_syn.append(flat.size)
 
-    def run_epoch(self, x, weights, biases, mods):
-        """One phase from rest. ``x`` (T, R, M0) input spikes; ``mods[l]`` (R,) modulators already
-        divided by T N (zeros: no learning). Returns per-layer dicts of numpy arrays."""
-        b2, R, T, L = self.b2, self.R, self.T, self.L
+    def run_epochs(self, epochs, weights, biases):
+        """Phases from rest, each its own run() epoch. ``epochs``: list of ``(x, mods)``, ``x``
+        (T, R, M0) input spikes, ``mods[l]`` (R,) modulators already divided by T N (zeros: no
+        learning). Returns the per-epoch list of per-layer dicts of numpy arrays (``g_acc``,
+        ``count``, when recording ``spikes`` and ``v``) and per layer ``(dW, db)`` summed over the
+        epochs and replicas (None where no epoch learns)."""
+        volt_per_mV = float(self.b2.mV)
+        b_vals = [np.tile(np.zeros(self.sizes[l + 1]) if b is None else np.asarray(b, np.float64), self.R)
+                  * volt_per_mV for l, b in enumerate(biases)]
+        out, grads = [], [None] * self.L
+        step = self.E if self.standalone else 1
+        for k in range(0, len(epochs), step):
+            group = epochs[k:k + step]
+            m_vals = [[np.repeat(np.asarray(mods[l], np.float64), self.sizes[l + 1]) for l in range(self.L)]
+                      for _, mods in group]
+            learn = [any(bool(np.any(m[l] != 0)) for m in m_vals) for l in range(self.L)]
+            if self.standalone:
+                res, g = self._run_program([x for x, _ in group], m_vals, learn, weights, b_vals)
+            else:
+                res, g = self._run_epoch(group[0][0], m_vals[0], learn, weights, b_vals)
+            self.epochs_run += len(group)
+            out += res
+            for l in range(self.L):
+                if g[l] is not None:
+                    grads[l] = g[l] if grads[l] is None else (grads[l][0] + g[l][0], grads[l][1] + g[l][1])
+        return out, grads
+
+    def _run_program(self, xs, m_vals, learn, weights, b_vals):
+        """One run of the compiled program: the epochs ``xs`` (at most E; the rest padded silent)."""
+        b2, R, T, L, E = self.b2, self.R, self.T, self.L, self.E
+        stim = np.zeros((E, T, R * self.sizes[0]))
+        for e, x in enumerate(xs):
+            stim[e] = x.reshape(T, -1)
+        args = {self.stimulus: stim.reshape(E * T, -1)}
+        for l in range(L):
+            args[self.tables[l]] = np.asarray(weights[l], np.float64).reshape(1, -1)
+            args[self.groups[l + 1].b] = b_vals[l] * b2.volt
+            args[self.groups[l + 1].learn] = float(learn[l])
+            if learn[l]:
+                mods = np.zeros((E, R * self.sizes[l + 1]))
+                for e, m in enumerate(m_vals):
+                    mods[e] = m[l]
+                args[self.mod_tables[l]] = mods
+        with self.lock:                                     # (a build folder shared by processes)
+            self.device.run(run_args=args, with_output=False)
+            self.binary_runs += 1
+            out = self._results_program(len(xs), learn)
+            for name in self.device.run_args_arrays:        # the per-run input files
+                fname = os.path.join(self.device.project_dir, "static_arrays", name)
+                for f in (fname, fname + ".lock"):
+                    if os.path.exists(f):
+                        os.remove(f)
+        return out
+
+    def _run_epoch(self, x, m_vals, learn, weights, b_vals):
+        """Runtime targets: one epoch, a run() of the network from rest."""
+        b2, T, L = self.b2, self.T, self.L
         volt_per_mV = float(b2.mV)
         stim = np.ascontiguousarray(x.reshape(T, -1), dtype=np.float64)
-        self.epochs_run += 1
-        b_vals = [np.tile(np.zeros(self.sizes[l + 1]) if b is None else np.asarray(b, np.float64), R) * volt_per_mV
-                  for l, b in enumerate(biases)]
-        m_vals = [np.repeat(np.asarray(m, np.float64), self.sizes[l + 1]) for l, m in enumerate(mods)]
-        learn = [bool(np.any(m != 0)) for m in m_vals]
-        if self.standalone:
-            args = {self.stimulus: stim}
-            for l in range(L):
-                args[self.tables[l]] = np.asarray(weights[l], np.float64).reshape(1, -1)
-                args[self.groups[l + 1].b] = b_vals[l] * b2.volt
-                if learn[l]:
-                    args[self.groups[l + 1].m] = m_vals[l]
-            with self.lock:                                 # (a build folder shared by processes)
-                self.device.run(run_args=args, with_output=False)
-                out = self._results(learn, 0.0, None, None)
-                for name in self.device.run_args_arrays:    # the per-epoch input files
-                    fname = os.path.join(self.device.project_dir, "static_arrays", name)
-                    for f in (fname, fname + ".lock"):
-                        if os.path.exists(f):
-                            os.remove(f)
-            return out
         b2.prefs.codegen.target = self.target
         if self.flat is None:
             self._flat_indices()
@@ -360,7 +463,8 @@ class _Network:
         for l, syn in enumerate(self.synapses):          # weights in place, only when changed
             W = np.asarray(weights[l], np.float64)
             if self._w_loaded[l] is None or not np.array_equal(self._w_loaded[l], W):
-                syn.variables["w"].set_value(W.ravel()[self.flat[l]] * volt_per_mV)
+                w = np.tile(W.T.ravel(), self.R) if self.flat[l] is None else W.ravel()[self.flat[l]]
+                syn.variables["w"].set_value(w * volt_per_mV)
                 self._w_loaded[l] = W.copy()
         for l in range(L):
             self.groups[l + 1].variables["b"].set_value(b_vals[l])
@@ -373,32 +477,68 @@ class _Network:
         n_spk = [mon.num_spikes for mon in self.s_mons]
         n_v = [len(mon.t[:]) for mon in self.v_mons]
         self.net.run(T * self.lif.dt * b2.second, namespace={})
-        return self._results(learn, t0, n_spk, n_v)
+        res = []
+        for l in range(L):
+            r = self._layer_state(l, "g_acc", "count")
+            if self.record:
+                lo = n_spk[l]
+                r.update(self._record(l, np.asarray(self.s_mons[l].t_[lo:]) - t0, np.asarray(self.s_mons[l].i[lo:]),
+                                      np.asarray(self.v_mons[l].v_)[:, n_v[l]:]))
+            res.append(r)
+        return [res], self._grads(learn)
 
-    def _results(self, learn, t0, n_spk, n_v):
-        R, T, L, volt_per_mV = self.R, self.T, self.L, float(self.b2.mV)
+    def _layer_state(self, l, g_name, c_name):
+        R, N, grp = self.R, self.sizes[l + 1], self.groups[l + 1]
+        return {"g_acc": np.array(grp.variables[g_name].get_value()).reshape(R, N),
+                "count": np.rint(grp.variables[c_name].get_value()).astype(np.int64).reshape(R, N)}
+
+    def _record(self, l, ts, idx, v):
+        """Spikes (T, R, N) from spike times (relative to the epoch's start) and indices; v (T, R, N)
+        in mV from the monitor's (R N, T) values."""
+        R, T, N = self.R, self.T, self.sizes[l + 1]
+        s = np.zeros((T, R * N), dtype=bool)
+        s[np.rint(ts / self.lif.dt).astype(np.int64), idx] = True
+        return {"spikes": s.reshape(T, R, N), "v": (v / float(self.b2.mV)).T.reshape(T, R, N)}
+
+    def _grads(self, learn):
+        """Per layer (dW (N, M) summed over the replicas, db (N,)), None where not learning."""
         if self.flat is None:
             self._flat_indices()
+        grads = []
+        for l in range(self.L):
+            if not learn[l]:
+                grads.append(None)
+                continue
+            N, M = self.sizes[l + 1], self.sizes[l]
+            dW = np.asarray(self.synapses[l].variables["dW"].get_value())
+            if dW.shape != (self.n_syn[l],):
+                raise RuntimeError(f"layer {l}: {dW.shape[0]} learning synapses, {self.n_syn[l]} expected")
+            if self.flat[l] is None:
+                dW = np.ascontiguousarray(dW.reshape(self.R, M, N).sum(axis=0).T)
+            else:
+                dW = np.bincount(self.flat[l], weights=dW, minlength=N * M).reshape(N, M)
+            grads.append((dW,
+                          np.array(self.groups[l + 1].variables["db_acc"].get_value()).reshape(self.R, N).sum(axis=0)))
+        return grads
+
+    def _results_program(self, n, learn):
+        """The first ``n`` epochs of the last run of the program, and its summed updates."""
+        T, E = self.T, self.E
         out = []
-        for l in range(L):
-            grp, syn, N, M = self.groups[l + 1], self.synapses[l], self.sizes[l + 1], self.sizes[l]
-            res = {"g_acc": np.array(grp.variables["g_acc"].get_value()).reshape(R, N),
-                   "count": np.rint(grp.variables["count"].get_value()).astype(np.int64).reshape(R, N)}
-            if learn[l]:
-                res["dW"] = np.bincount(self.flat[l], weights=syn.variables["dW"].get_value(),
-                                        minlength=N * M).reshape(N, M)
-                res["db_acc"] = np.array(grp.variables["db_acc"].get_value()).reshape(R, N)
-            if self.record:
-                s_mon, v_mon = self.s_mons[l], self.v_mons[l]
-                lo = 0 if self.standalone else n_spk[l]
-                ts, idx = np.asarray(s_mon.t_[lo:]), np.asarray(s_mon.i[lo:])
-                s = np.zeros((T, R * N), dtype=bool)
-                s[np.rint((ts - t0) / self.lif.dt).astype(np.int64), idx] = True
-                res["spikes"] = s.reshape(T, R, N)
-                v = np.asarray(v_mon.v_)[:, (0 if self.standalone else n_v[l]):]
-                res["v"] = (v / volt_per_mV).T.reshape(T, R, N)
-            out.append(res)
-        return out
+        for e in range(n):
+            last = e == E - 1
+            out.append([self._layer_state(l, "g_acc" if last else f"g_acc_e{e}", "count" if last else f"count_e{e}")
+                        for l in range(self.L)])
+        if self.record:
+            dt = self.lif.dt
+            for l in range(self.L):
+                ts, idx = np.asarray(self.s_mons[l].t_[:]), np.asarray(self.s_mons[l].i[:])
+                epoch = np.rint(ts / dt).astype(np.int64) // T
+                v = np.asarray(self.v_mons[l].v_)
+                for e in range(n):
+                    sel = epoch == e
+                    out[e][l].update(self._record(l, ts[sel] - e * T * dt, idx[sel], v[:, e * T:(e + 1) * T]))
+        return out, self._grads(learn)
 
 
 class Brian2Engine:
@@ -448,9 +588,7 @@ class Brian2Engine:
         biases = [None if b is None else np.asarray(b) for b in biases]
         mods = [np.asarray(modulators[l], np.float64) / (T * sizes[l + 1]) if learn[l] else np.zeros(B)
                 for l in range(L)]
-        per_layer = [dict(g_acc=[], count=[], spikes=[], v=[], db=np.zeros(sizes[l + 1]),
-                          dW=np.zeros((sizes[l + 1], sizes[l]))) for l in range(L)]
-        inputs = []
+        epochs, counts, inputs = [], [], []                       # one epoch (or more) per phase
         row = 0
         for part in parts:
             x = part.all_steps()                                  # (T, Bp, M0)
@@ -465,30 +603,25 @@ class Brian2Engine:
                     m = np.zeros(R)
                     m[:n] = mods[l][row + a:row + a + n]
                     ms.append(m)
-                res = net.run_epoch(xs, weights, biases, ms)
-                for l, r in enumerate(res):
-                    acc = per_layer[l]
-                    acc["g_acc"].append(r["g_acc"][:n])
-                    acc["count"].append(r["count"][:n])
-                    if "dW" in r:
-                        acc["dW"] += r["dW"]
-                        acc["db"] += r["db_acc"][:n].sum(axis=0)
-                    if record:
-                        acc["spikes"].append(r["spikes"][:, :n])
-                        acc["v"].append(r["v"][:, :n])
+                epochs.append((xs, ms))
+                counts.append(n)
             row += x.shape[1]
+        res, grads = net.run_epochs(epochs, weights, biases)
+        per_layer = [{k: [r[l][k][:n] if k in ("g_acc", "count") else r[l][k][:, :n]
+                          for r, n in zip(res, counts)] for k in res[0][l]} for l in range(L)]
         neuron_g = [np.concatenate(a["g_acc"]) / T for a in per_layer]
         result = PhaseResult(goodness=[g.mean(axis=1) for g in neuron_g], neuron_goodness=neuron_g,
                              spike_counts=[np.concatenate(a["count"]) for a in per_layer])
         if any(learn):
-            result.grads = [(a["dW"].astype(dtype), a["db"].astype(dtype)) if learn[l] else None
-                            for l, a in enumerate(per_layer)]
+            grads = [(np.zeros((sizes[l + 1], sizes[l])), np.zeros(sizes[l + 1])) if g is None else g
+                     for l, g in enumerate(grads)]                # (modulators all 0: no update)
+            result.grads = [(grads[l][0].astype(dtype), grads[l][1].astype(dtype)) if learn[l] else None
+                            for l in range(L)]
         if record:
             result.record = {"input": np.concatenate(inputs, axis=1),
                              "spikes": [np.concatenate(a["spikes"], axis=1) for a in per_layer],
                              "v": [np.concatenate(a["v"], axis=1).astype(dtype) for a in per_layer]}
         return result
-
 
 _DEFAULT = Brian2Engine()
 
