@@ -16,6 +16,15 @@ of synaptic delay); a layer only fixes which presynaptic spikes feed which neuro
   label"), stored after the kernel in row o as (position, label) (weights (channels,
   C*k*k + P*G)). A shared weight per channel (the label as a uniform map) did not separate the
   phases in our tests: the label then only scales whole channels.
+* ``goodness_scope`` (conv only): ``"layer"`` (default): the layer's goodness is one number per
+  sample, the energy of all its neurons, as for a dense layer; ``"channel"``: each output channel
+  is a separate FF unit, its goodness the energy of its own neurons (all positions, all steps),
+  and the layer's FF loss the mean over channels of the channel losses (see
+  :mod:`spikeff.learning`). Only training changes: prediction by goodness still scores the
+  layer by its goodness, which is the mean of its channels' goodness (every channel has the same
+  positions): the same ranking of labels as their sum, at the scale of one unit, as the other
+  layers (and the dense expansion, Brian2, Lava and NIR see the same number). A dense layer
+  accepts only ``"layer"`` (``"channel"`` is refused: it has no channels).
 * ``pool`` (conv only): after the layer, non-overlapping ``pool x pool`` pooling of the *spikes*
   (``pool_mode = "sum"``: spike counts, or ``"avg"``: counts / pool^2) is what the next layer
   receives. Pooling is linear and fixed, so the next layer's eligibility traces filter the pooled
@@ -38,6 +47,7 @@ import numpy as np
 
 KINDS = ("dense", "conv")
 POOL_MODES = ("sum", "avg")
+GOODNESS_SCOPES = ("layer", "channel")
 
 
 class LayerError(ValueError):
@@ -53,7 +63,7 @@ def _pos_int(v, name, allow_zero=False):
 @dataclass(frozen=True)
 class LayerSpec:
     """One layer. ``dense``: ``size``. ``conv``: ``channels``, ``kernel``, ``stride``, ``padding``,
-    ``pool`` (1 = none), ``pool_mode``."""
+    ``pool`` (1 = none), ``pool_mode``, ``goodness_scope`` ("layer" or "channel")."""
 
     kind: str = "dense"
     size: int | None = None
@@ -63,15 +73,22 @@ class LayerSpec:
     padding: int = 0
     pool: int = 1
     pool_mode: str = "sum"
+    goodness_scope: str = "layer"
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise LayerError(f"kind: {self.kind!r} is not valid; choose one of {list(KINDS)}")
+        if not isinstance(self.goodness_scope, str) or self.goodness_scope not in GOODNESS_SCOPES:
+            raise LayerError(f"goodness_scope: {self.goodness_scope!r} is not valid; "
+                             f"choose one of {list(GOODNESS_SCOPES)}")
         if self.kind == "dense":
             _pos_int(self.size, "size")
             extra = [k for k in ("channels", "kernel") if getattr(self, k) is not None]
             if extra or (self.stride, self.padding, self.pool) != (1, 0, 1):
                 raise LayerError(f"a dense layer takes only 'size'; got {extra or 'stride/padding/pool'}")
+            if self.goodness_scope != "layer":
+                raise LayerError(f"goodness_scope: {self.goodness_scope!r} needs a conv layer (a dense "
+                                 "layer has no channels; its goodness is the layer's)")
         else:
             _pos_int(self.channels, "channels")
             _pos_int(self.kernel, "kernel")
@@ -101,7 +118,15 @@ class LayerSpec:
     def to_dict(self) -> dict:
         if self.kind == "dense":
             return {"kind": "dense", "size": self.size}
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "size"}
+        d = {k: v for k, v in dataclasses.asdict(self).items() if k != "size"}
+        if self.goodness_scope == "layer":     # the default: the same dict (and config hash) as before
+            del d["goodness_scope"]
+        return d
+
+    @property
+    def channel_goodness(self) -> bool:
+        """Whether each output channel is a separate FF unit (``goodness_scope = "channel"``)."""
+        return self.kind == "conv" and self.goodness_scope == "channel"
 
 
 @dataclass(frozen=True)
@@ -281,3 +306,11 @@ def dense_expansion(weights, geos) -> list[np.ndarray]:
         out.append(D)
         pool_prev = pool_matrix(geo, W.dtype) if geo.is_conv and geo.spec.pool > 1 else None
     return out
+
+
+def channel_means(a, geo: Geometry):
+    """Per-neuron values ``a`` (B, N) of a conv layer (neurons in (channel, position) order) ->
+    (B, channels): the mean over each channel's positions. Of the per-neuron goodness (which is
+    already the mean over the steps), the goodness of each channel (``goodness_scope = "channel"``)."""
+    a = np.asarray(a)
+    return a.reshape(a.shape[0], geo.spec.channels, geo.n_positions).mean(axis=2)

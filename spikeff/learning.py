@@ -11,6 +11,12 @@ Losses (``s`` = ``loss_sharpness``, theta = ``goodness_threshold``):
 * ``symba``: ``softplus(-s (G_pos - G_neg))`` (no threshold, only the separation counts)
 
 Both are divided by ``s`` so that the gradient scale does not depend on the sharpness.
+
+A conv layer with ``goodness_scope = "channel"`` (:mod:`spikeff.layers`) has one goodness per
+(sample, channel), ``G`` of shape (B, C): each channel is a separate FF unit with the same loss
+and threshold, the layer's loss is the mean over channels (and samples) of the units' losses, and
+the modulator ``m_bc = dL/dG_bc`` is per (sample, channel); the engine gives every neuron of
+channel c the modulator of its channel, so the rule stays local.
 """
 from __future__ import annotations
 
@@ -33,22 +39,24 @@ def sigmoid(x):
 def ff_loss(g_pos, g_neg, loss: str, threshold: float, sharpness: float):
     """Return (mean loss, m_pos, m_neg): the loss and dL/dG per sample of each phase.
 
-    ``m`` is for the *mean* loss over the batch (already divided by the batch size).
+    ``m`` is for the *mean* loss over the batch (already divided by the batch size). Goodness of
+    shape (B, C) (C units per sample, e.g. the channels of a conv layer): the loss is the mean over
+    samples and units, ``m`` (B, C) per sample and unit (divided by B*C).
     """
     g_pos = np.asarray(g_pos, dtype=np.float64)
     g_neg = np.asarray(g_neg, dtype=np.float64)
-    B = g_pos.shape[0]
+    n = g_pos.size            # the (sample, unit) terms the loss averages: the batch size for (B,)
     s = sharpness
     if loss == "threshold":
         lp = softplus(s * (threshold - g_pos)) / s
         ln = softplus(s * (g_neg - threshold)) / s
         value = float(np.mean(lp + ln))
-        m_pos = -sigmoid(s * (threshold - g_pos)) / B
-        m_neg = sigmoid(s * (g_neg - threshold)) / B
+        m_pos = -sigmoid(s * (threshold - g_pos)) / n
+        m_neg = sigmoid(s * (g_neg - threshold)) / n
     elif loss == "symba":
         d = g_pos - g_neg
         value = float(np.mean(softplus(-s * d) / s))
-        m_pos = -sigmoid(-s * d) / B
+        m_pos = -sigmoid(-s * d) / n
         m_neg = -m_pos
     else:
         raise ValueError(f"loss: {loss!r} is not valid; choose one of {list(LOSSES)}")

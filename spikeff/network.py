@@ -9,7 +9,8 @@ One training step on a batch (see :meth:`FFNetwork.train_batch`):
 1. the negative data are made (:mod:`spikeff.negatives`: wrong labels, or hybrid images);
 2. the positive phase (true labels) and the negative phase (wrong labels) are simulated as two
    separate epochs from rest (side by side as one batch), giving each layer's goodness per sample;
-3. each layer's FF loss gives a per-sample modulator (:mod:`spikeff.learning`);
+3. each layer's FF loss gives a per-sample modulator (:mod:`spikeff.learning`); a conv layer with
+   ``goodness_scope = "channel"``: one FF unit per channel, a modulator per (sample, channel);
 4. each layer's local update is formed with the modulators (:mod:`spikeff.engines.vectorized`):
    from the learning factors kept during step 2 when they fit the ``store_budget_mb`` (no second
    simulation), else by replaying both phases (memory flat in T); every layer takes one optimizer step.
@@ -231,6 +232,16 @@ class FFNetwork(EstimatorProtocol):
             return grads_from_store(res.stored, modulators)
         return self._run(both, modulators=modulators).grads
 
+    def _loss_goodness(self, res) -> list:
+        """Per layer, the goodness the FF loss sees in the phase result ``res``: the layer's (B,),
+        or, for a conv layer with ``goodness_scope = "channel"``, each channel's (B, channels)
+        (:func:`spikeff.layers.channel_means` of the per-neuron goodness)."""
+        if not self.config.has_conv or not any(s.channel_goodness for s in self.config.layers):
+            return list(res.goodness)
+        from .layers import channel_means
+        return [channel_means(ng, geo) if geo.spec.channel_goodness else g
+                for g, ng, geo in zip(res.goodness, res.neuron_goodness, self.geometries)]
+
     def _engine(self):
         """The engine's ``run_phase`` for this model (one instance per model and engine name, so an
         engine with state, e.g. Brian2's persistent network, keeps it across batches)."""
@@ -428,7 +439,7 @@ class FFNetwork(EstimatorProtocol):
         res = self._run(src, keep=rows if self.store_fits(src.shape[0]) else None)
         _check_finite_goodness(res.goodness, f"{phase} phase")
         mods = [ff_loss(g, g, c.loss, c.goodness_threshold, c.loss_sharpness)[1 if phase == "positive" else 2]
-                for g in res.goodness]
+                for g in self._loss_goodness(res)]
         self._apply_grads([self._update(src, mods, res)])
         return [float(g.mean()) for g in res.goodness]
 
@@ -472,8 +483,9 @@ class FFNetwork(EstimatorProtocol):
         _check_finite_goodness(g_pos, "positive phase")
         _check_finite_goodness(g_neg, "negative phase")
         losses, mods = [], []
-        for l, (gp, gn) in enumerate(zip(g_pos, g_neg)):
-            value, mp, mn = ff_loss(gp, gn, c.loss, c.goodness_threshold, c.loss_sharpness)
+        loss_parts = [first.split(g) for g in self._loss_goodness(res)]   # (B,), or (B, C) per channel
+        for l, p in enumerate(loss_parts):
+            value, mp, mn = ff_loss(p[-2], p[-1], c.loss, c.goodness_threshold, c.loss_sharpness)
             if not np.isfinite(value):
                 raise FloatingPointError(f"layer {l}: the FF loss is non-finite ({value}); "
                                          "lower learning_rate or weight_init")

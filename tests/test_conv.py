@@ -279,9 +279,11 @@ def test_conv_plots(conv_net, digits, tmp_path):
     assert (tmp_path / "r.png").stat().st_size > 1000
 
 
-def test_conv_engine_on_the_array_api_path_matches_numpy():
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_conv_engine_on_the_array_api_path_matches_numpy(per_channel):
     """The GPU path (any array-API namespace; here array_api_strict on CPU): same spikes,
-    potentials and gradients as numpy, refractory period included."""
+    potentials and gradients as numpy, refractory period included; also with per-(sample,
+    channel) modulators on the conv layers (goodness_scope = "channel")."""
     xps = pytest.importorskip("array_api_strict", reason="array-api-strict is not installed")
     pytest.importorskip("array_api_compat", reason="array-api-compat is not installed")
     from spikeff.backend import namespace, to_backend, to_numpy
@@ -290,6 +292,8 @@ def test_conv_engine_on_the_array_api_path_matches_numpy():
     lif = DiscreteLIF.from_config(NeuronConfig(refractory=2e-3))
     src = SpikeSource(rng.random((3, geos[0].n_in)), "rate", 11, 1e-3, 500.0, seed=4, dtype=np.float64)
     mods = [rng.normal(size=3) for _ in geos]
+    if per_channel:
+        mods = [rng.normal(size=(3, geo.spec.channels)) if geo.is_conv else m for m, geo in zip(mods, geos)]
     g = get_goodness("energy_relu")
     ref = conv_run_phase(W, b, lif, g, src, 4, modulators=mods, record=True, geometries=geos)
     Wx, bx = [to_backend(w, xps) for w in W], [to_backend(v, xps) for v in b]
@@ -368,3 +372,129 @@ def test_conv_training_stores_instead_of_replaying_with_the_same_updates(digits,
     grads_from_store(res.stored, mods)
     with pytest.raises(RuntimeError, match="already used"):
         grads_from_store(res.stored, mods)
+
+
+# -- per-channel goodness (goodness_scope = "channel") ------------------------------------------------
+@pytest.mark.parametrize("goodness_name", ["energy_relu", "energy"])
+def test_channel_goodness_local_rule_is_exact_gradient_subthreshold(goodness_name):
+    """Threshold out of reach, one modulator per (sample, channel): the local rule (each neuron
+    takes its channel's modulator) equals d(sum_bc m_bc G_bc)/dW with G_bc the goodness of channel
+    c (mean over its positions and steps), by finite differences; the store gives the same update."""
+    from spikeff.engines.conv import grads_from_store
+    from spikeff.layers import channel_means
+    rng = np.random.default_rng(7)
+    specs = [LayerSpec("conv", channels=2, kernel=3, stride=1, padding=1, pool=2, goodness_scope="channel")]
+    geos, W, b = small_net(rng, 0.5, specs, shape=(1, 6, 6), n_global=2)
+    W[0] += 0.1
+    lif = DiscreteLIF.from_config(NeuronConfig(v_threshold=1e9))
+    g = get_goodness(goodness_name)
+    src = SpikeSource(rng.random((3, geos[0].n_in)), "rate", 9, 1e-3, 500.0, seed=3, dtype=np.float64)
+    m = rng.normal(size=(3, 2))
+    m[:, 1] *= -3.0                    # the channels' modulators differ (not one per sample)
+
+    def objective(Wx, bx):
+        res = conv_run_phase([Wx], [bx], lif, g, src, 4, geometries=geos)
+        return float(np.sum(m * channel_means(res.neuron_goodness[0], geos[0])))
+
+    dW, db = conv_run_phase(W, b, lif, g, src, 4, modulators=[m], geometries=geos).grads[0]
+    assert np.abs(dW).max() > 1e-6
+    eps = 1e-6
+    num = np.zeros_like(W[0])
+    for idx in np.ndindex(*W[0].shape):
+        Wp, Wm = W[0].copy(), W[0].copy()
+        Wp[idx] += eps
+        Wm[idx] -= eps
+        num[idx] = (objective(Wp, b[0]) - objective(Wm, b[0])) / (2 * eps)
+    np.testing.assert_allclose(dW, num, rtol=1e-5, atol=1e-9)
+    numb = np.array([(objective(W[0], b[0] + eps * e) - objective(W[0], b[0] - eps * e)) / (2 * eps)
+                     for e in np.eye(len(b[0]))])
+    np.testing.assert_allclose(db, numb, rtol=1e-5, atol=1e-9)
+    # the per-sample rule with the channels' mean modulator is a different update
+    dW1 = conv_run_phase(W, b, lif, g, src, 4, modulators=[m.mean(axis=1)], geometries=geos).grads[0][0]
+    assert np.abs(dW1 - dW).max() > 1e-3 * np.abs(dW).max()
+    stored = conv_run_phase(W, [None], lif, g, src, 4, geometries=geos, keep=slice(0, 3)).stored
+    replay = conv_run_phase(W, [None], lif, g, src, 4, modulators=[m], geometries=geos).grads[0]
+    for a, r in zip(grads_from_store(stored, [m])[0], replay):
+        np.testing.assert_array_equal(a, r)
+    with pytest.raises(ValueError, match="channels"):
+        conv_run_phase(W, b, lif, g, src, 4, modulators=[m[:, :1]], geometries=geos)
+
+
+def _scope_layers(channels, scope):
+    return [{"kind": "conv", "channels": channels, "kernel": 3, "padding": 1, "pool": 2, "goodness_scope": scope},
+            {"kind": "dense", "size": 20}]
+
+
+def test_channel_goodness_with_one_channel_equals_layer_goodness(digits):
+    """One output channel: the channel's goodness is the layer's; training is bit-identical."""
+    X, y = digits.X_train[:48], digits.y_train[:48]
+    nets = [FFNetwork(conv_config(layers=_scope_layers(1, s), epochs=1, n_steps=8)).initialize(X.shape[1], 10)
+            for s in ("layer", "channel")]
+    W0 = nets[0].weights_[0].copy()
+    outs = [[n.train_batch(X[i:i + 24], y[i:i + 24], seed=[3, i]) for i in (0, 24)] for n in nets]
+    for a, b in zip(*outs):
+        assert a["loss"] == b["loss"] and a["g_pos"] == b["g_pos"]
+    for Wl, Wc in zip(nets[0].weights_ + nets[0].biases_, nets[1].weights_ + nets[1].biases_):
+        np.testing.assert_array_equal(Wl, Wc)
+    assert np.abs(nets[1].weights_[0] - W0).max() > 0
+
+
+def test_channel_goodness_trains_stores_saves_and_predicts(digits, tmp_path):
+    """goodness_scope = "channel": training changes the weights, differently from "layer"; the
+    store and the replay give the same update (with the readout's neutral rows in the first pass);
+    the scope survives save/load; both prediction methods run."""
+    X, y = digits.X_train[:64], digits.y_train[:64]
+    cfg = conv_config(layers=_scope_layers(3, "channel"), epochs=1, n_steps=8)
+    assert cfg.layers[0].channel_goodness and not cfg.layers[1].channel_goodness
+    nets = [FFNetwork(cfg, store_budget_mb=b).initialize(X.shape[1], 10) for b in (1024, 0)]
+    W0 = [w.copy() for w in nets[0].weights_]
+    modes = [n.train_batch(X, y, seed=[3, 1])["update"] for n in nets]
+    assert modes == ["store", "replay"]
+    for Ws, Wr in zip(nets[0].weights_ + nets[0].biases_, nets[1].weights_ + nets[1].biases_):
+        np.testing.assert_array_equal(Ws, Wr)
+    for l in range(2):
+        assert np.abs(nets[0].weights_[l] - W0[l]).max() > 0
+    layer = FFNetwork(cfg.replace(layers=_scope_layers(3, "layer"))).initialize(X.shape[1], 10)
+    np.testing.assert_array_equal(layer.weights_[0], W0[0])
+    layer.train_batch(X, y, seed=[3, 1])
+    assert np.abs(layer.weights_[0] - nets[0].weights_[0]).max() > 0     # the scope changes the update
+    np.testing.assert_array_equal(layer.weights_[1], nets[0].weights_[1])  # the dense layer's does not
+    net = FFNetwork(cfg).fit(X, y, n_classes=10)
+    assert np.all(np.isfinite(net.history_[0]["ff_loss"]))
+    net.save(tmp_path / "m.npz")
+    back = FFNetwork.load(tmp_path / "m.npz")
+    assert back.config.layers[0].goodness_scope == "channel"
+    np.testing.assert_array_equal(back.predict(X[:10], "goodness"), net.predict(X[:10], "goodness"))
+    assert net.predict(X[:10], "readout").shape == (10,)
+
+
+@pytest.mark.parametrize("loss", ["threshold", "symba"])
+def test_ff_loss_per_channel_is_the_mean_of_the_channel_losses(loss):
+    """Goodness (B, C): the loss is the mean over channels of each channel's loss, the modulator
+    of (b, c) that of channel c's loss divided by C."""
+    from spikeff.learning import ff_loss
+    rng = np.random.default_rng(8)
+    gp, gn = rng.random((5, 3)) * 2, rng.random((5, 3)) * 2
+    value, mp, mn = ff_loss(gp, gn, loss, 1.0, 2.0)
+    per = [ff_loss(gp[:, c], gn[:, c], loss, 1.0, 2.0) for c in range(3)]
+    assert mp.shape == mn.shape == (5, 3)
+    np.testing.assert_allclose(value, np.mean([p[0] for p in per]), rtol=1e-12)
+    np.testing.assert_allclose(mp, np.stack([p[1] for p in per], axis=1) / 3, rtol=1e-12)
+    np.testing.assert_allclose(mn, np.stack([p[2] for p in per], axis=1) / 3, rtol=1e-12)
+
+
+def test_goodness_scope_config_errors_and_defaults(tmp_path):
+    with pytest.raises(ConfigError, match=r"layers\[0\]\.goodness_scope: 'neuron' is not valid; choose one of \['layer', 'channel'\]"):
+        conv_config(layers=_scope_layers(2, "neuron"))
+    with pytest.raises(ConfigError, match=r"layers\[1\]\.goodness_scope: 'channel' needs a conv layer"):
+        conv_config(layers=[CONV_LAYERS[0], {"kind": "dense", "size": 30, "goodness_scope": "channel"}])
+    dense_layer = conv_config(layers=[CONV_LAYERS[0], {"kind": "dense", "size": 30, "goodness_scope": "layer"}])
+    assert dense_layer == conv_config()                                     # "layer" on a dense layer: the default
+    d = conv_config().to_dict()                   # default scope: the same dict (and config hash) as before
+    assert all("goodness_scope" not in s for s in d["layers"])
+    c = conv_config(layers=_scope_layers(2, "channel"))
+    assert c.to_dict()["layers"][0]["goodness_scope"] == "channel" and FFConfig.from_dict(c.to_dict()) == c
+    path = tmp_path / "conv.toml"
+    path.write_text('[network]\ninput_shape = [1, 8, 8]\n\n[[layers]]\nkind = "conv"\nchannels = 2\n'
+                    'kernel = 3\npadding = 1\npool = 2\ngoodness_scope = "channel"\n\n[[layers]]\nkind = "dense"\nsize = 20\n')
+    assert load_config(path).layers == c.layers

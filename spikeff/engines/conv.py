@@ -15,8 +15,10 @@ networks, unchanged); per chunk of ``k`` steps and per layer:
    the spikes, counts and goodness, in cache-sized blocks of the batch shared by the engine threads);
 4. **goodness** ``g(v)``, mean over the layer's neurons and steps (membrane energy per layer), and,
    when learning, the exact subthreshold gradient of the shared kernel: the sum over positions
-   of ``g'(v) (outer) e_v`` patches, one GEMM ``post.T @ im2col(e_v)`` (the presynaptic
-   eligibility trace through the kernel = im2col of the traces). The bias (one per channel)
+   of ``g'(v) m (outer) e_v`` patches (``m``: the modulator of the neuron's sample, or, with
+   per-channel goodness, of its (sample, channel): :func:`_scale`), one GEMM
+   ``post.T @ im2col(e_v)`` (the presynaptic eligibility trace through the kernel = im2col of
+   the traces). The bias (one per channel)
    gets the sum over positions of the dense rule.
 
 The spikes of a conv layer are pooled (:func:`spikeff.layers.pool_spikes`) before they become
@@ -108,6 +110,22 @@ def _in_blocks(fn, B: int, row_elements: int):
     _parallel(work, B, row_elements)
 
 
+def _scale(modulator, geo: Geometry, B: int, T: int):
+    """The modulator's part of the learning factor, float64 numpy, broadcastable to (k, B, N).
+
+    ``modulator`` (B,): ``dL/dG`` per sample for the layer's goodness ``G`` (mean over its N neurons
+    and T steps): ``m / (T N)``, shape (1, B, 1). (B, channels), a conv layer with
+    ``goodness_scope = "channel"``: ``dL/dG_c`` per sample and channel, ``G_c`` the mean over the
+    channel's P positions and T steps: neuron (c, p) gets its channel's ``m[:, c] / (T P)``, (1, B, N)."""
+    m = np.asarray(to_numpy(modulator), dtype=np.float64)
+    if m.ndim == 1:
+        return (m / (T * geo.n_neurons)).reshape(1, B, 1)
+    if not geo.is_conv or m.shape != (B, geo.spec.channels):
+        raise ValueError(f"modulators of shape {m.shape}: per (sample, channel) modulators need a conv "
+                         f"layer and shape ({B}, channels)")
+    return np.repeat(m / (T * geo.n_positions), geo.n_positions, axis=1).reshape(1, B, geo.n_neurons)
+
+
 class _Layer:
     """State and work of one layer for one phase (O(chunk) memory)."""
 
@@ -133,8 +151,7 @@ class _Layer:
         self._filters = {}
         self.with_ev = self.learn or keep is not None
         if self.learn:
-            scale = np.asarray(to_numpy(modulator), dtype=np.float64) / (T * N)
-            self.scale = to_backend(scale.reshape(1, B, 1), xp, dtype=self.dtype)
+            self.scale = to_backend(_scale(modulator, geo, B, T), xp, dtype=self.dtype)
             self.dW = zeros(tuple(W.shape), f64)
             self.db = zeros((N,), f64)
 
@@ -284,9 +301,10 @@ def grads_from_store(stored: ConvStoredFactors, modulators) -> list:
             out.append(None)
             continue
         m = np.asarray(to_numpy(m), dtype=np.float64)
-        if m.shape != (stored.rows,):
-            raise ValueError(f"layer {l}: modulators must have shape ({stored.rows},) (one per kept row), got {m.shape}")
         W, geo = stored.layers[l]
+        if m.shape not in ((stored.rows,), (stored.rows, geo.spec.channels if geo.is_conv else -1)):
+            raise ValueError(f"layer {l}: modulators must have shape ({stored.rows},) (one per kept row), "
+                             f"or ({stored.rows}, channels) for a conv layer, got {m.shape}")
         layer = _Layer(W, None, geo, stored.lif, stored.goodness, stored.rows, m, stored.n_steps, np, False)
         for V, Ev, e_b_steps in chunks:
             layer.accumulate(layer.post(V), Ev, e_b_steps)
@@ -302,6 +320,8 @@ def run_phase(weights, biases, lif: DiscreteLIF, goodness: Goodness, source, chu
     as :func:`spikeff.engines.vectorized.run_phase`; a conv layer's weights are its kernels
     (channels, C*k*k + G), its bias and bias gradient one per channel; ``record`` gives the
     unpooled spikes and potentials of every layer, neurons in (channel, row, column) order.
+    ``modulators[l]``: (B,) per sample, or, for a conv layer whose goodness is per channel,
+    (B, channels) per sample and channel (:func:`_scale`; ``result.goodness`` stays the layer's).
     ``keep`` (a slice of rows, numpy only): keep those rows' learning factors in
     ``result.stored`` (:class:`ConvStoredFactors`) for :func:`grads_from_store` instead of a replay."""
     if geometries is None or len(geometries) != len(weights):
