@@ -44,6 +44,20 @@ def assert_same_phase(ref, res, learn):
     np.testing.assert_array_equal(res.record["input"], ref.record["input"])
 
 
+def phases_then_replay_agree(engine, W, b, lif, g, both):
+    """The phases of ``both`` and then their replay with FF modulators, on ``engine`` and on the
+    vectorized engine: the same phase results; returns the replay's (ref, res)."""
+    ref = vectorized.run_phase(W, b, lif, g, both, chunk_steps=7, record=True)
+    res = engine(W, b, lif, g, both, record=True)
+    assert_same_phase(ref, res, learn=False)
+    mods = [np.concatenate(ff_loss(*both.split(gl), "threshold", float(gl.mean()), 1.0)[1:])
+            for gl in ref.goodness]
+    ref = vectorized.run_phase(W, b, lif, g, both, chunk_steps=7, modulators=mods, record=True)
+    res = engine(W, b, lif, g, both, modulators=mods, record=True)
+    assert_same_phase(ref, res, learn=True)
+    return ref, res
+
+
 def run_both(W, b, lif, g, src, modulators=None):
     ref = vectorized.run_phase(W, b, lif, g, src, chunk_steps=7, modulators=modulators, record=True)
     res = brian2_engine.run_phase(W, b, lif, g, src, chunk_steps=7, modulators=modulators, record=True)
@@ -178,14 +192,7 @@ def test_phases_are_run_epochs_of_one_network(target_name, request, monkeypatch)
     engine = brian2_engine.Brian2Engine(target=target_name)
     for step in range(2):
         both = ConcatSource([pos, neg])
-        ref = vectorized.run_phase(W, b, lif, g, both, chunk_steps=7, record=True)
-        res = engine(W, b, lif, g, both, record=True)
-        assert_same_phase(ref, res, learn=False)
-        mods = [np.concatenate(ff_loss(*both.split(gl), "threshold", float(gl.mean()), 1.0)[1:])
-                for gl in ref.goodness]
-        ref = vectorized.run_phase(W, b, lif, g, both, chunk_steps=7, modulators=mods, record=True)
-        res = engine(W, b, lif, g, both, modulators=mods, record=True)
-        assert_same_phase(ref, res, learn=True)
+        ref, res = phases_then_replay_agree(engine, W, b, lif, g, both)
         assert np.abs(ref.grads[0][0]).max() > 1e-3
         [net] = engine.networks                     # one network, 3 replicas: one phase per epoch
         assert net.R == 3 and net.epochs_run == 4 * (step + 1)
@@ -270,14 +277,7 @@ def assert_events_match_through_spike_generator(pos, neg, target_name, seed=0):
     engine = brian2_engine.Brian2Engine(target=target_name)
     both = ConcatSource([pos, neg])
     for step in range(2):
-        ref = vectorized.run_phase(W, b, lif, g, both, chunk_steps=7, record=True)
-        res = engine(W, b, lif, g, both, record=True)
-        assert_same_phase(ref, res, learn=False)
-        mods = [np.concatenate(ff_loss(*both.split(gl), "threshold", float(gl.mean()), 1.0)[1:])
-                for gl in ref.goodness]
-        ref = vectorized.run_phase(W, b, lif, g, both, chunk_steps=7, modulators=mods, record=True)
-        res = engine(W, b, lif, g, both, modulators=mods, record=True)
-        assert_same_phase(ref, res, learn=True)
+        ref, res = phases_then_replay_agree(engine, W, b, lif, g, both)
         for l in range(2):
             assert ref.record["spikes"][l].any() and np.abs(ref.grads[l][0]).max() > 1e-4
         [net] = engine.networks

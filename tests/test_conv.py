@@ -27,6 +27,20 @@ def small_net(rng, scale=0.8, specs=SPECS, shape=(2, 8, 8), n_global=3):
     return geos, W, b
 
 
+
+def assert_matches_finite_differences(objective, W, b, dW, db, eps=1e-6):
+    """``dW``, ``db`` equal the central finite differences of ``objective(W, b)``."""
+    num = np.zeros_like(W)
+    for idx in np.ndindex(*W.shape):
+        Wp, Wm = W.copy(), W.copy()
+        Wp[idx] += eps
+        Wm[idx] -= eps
+        num[idx] = (objective(Wp, b) - objective(Wm, b)) / (2 * eps)
+    np.testing.assert_allclose(dW, num, rtol=1e-5, atol=1e-9)
+    numb = np.array([(objective(W, b + eps * e) - objective(W, b - eps * e)) / (2 * eps)
+                     for e in np.eye(len(b))])
+    np.testing.assert_allclose(db, numb, rtol=1e-5, atol=1e-9)
+
 def test_geometry_and_conv_matrix_match_a_direct_convolution():
     rng = np.random.default_rng(0)
     geo = layer_geometries([LayerSpec("conv", channels=2, kernel=3, stride=2, padding=1)], (2, 7, 7), 98 + 1)[0]
@@ -98,17 +112,7 @@ def test_conv_local_rule_is_exact_gradient_subthreshold(goodness_name):
 
     dW, db = conv_run_phase(W, b, lif, g, src, 4, modulators=[m], geometries=geos).grads[0]
     assert np.abs(dW).max() > 1e-6
-    eps = 1e-6
-    num = np.zeros_like(W[0])
-    for idx in np.ndindex(*W[0].shape):
-        Wp, Wm = W[0].copy(), W[0].copy()
-        Wp[idx] += eps
-        Wm[idx] -= eps
-        num[idx] = (objective(Wp, b[0]) - objective(Wm, b[0])) / (2 * eps)
-    np.testing.assert_allclose(dW, num, rtol=1e-5, atol=1e-9)
-    numb = np.array([(objective(W[0], b[0] + eps * e) - objective(W[0], b[0] - eps * e)) / (2 * eps)
-                     for e in np.eye(len(b[0]))])
-    np.testing.assert_allclose(db, numb, rtol=1e-5, atol=1e-9)
+    assert_matches_finite_differences(objective, W[0], b[0], dW, db)
 
 
 def test_local_rule_of_a_layer_above_a_pooled_conv_layer():
@@ -398,17 +402,7 @@ def test_channel_goodness_local_rule_is_exact_gradient_subthreshold(goodness_nam
 
     dW, db = conv_run_phase(W, b, lif, g, src, 4, modulators=[m], geometries=geos).grads[0]
     assert np.abs(dW).max() > 1e-6
-    eps = 1e-6
-    num = np.zeros_like(W[0])
-    for idx in np.ndindex(*W[0].shape):
-        Wp, Wm = W[0].copy(), W[0].copy()
-        Wp[idx] += eps
-        Wm[idx] -= eps
-        num[idx] = (objective(Wp, b[0]) - objective(Wm, b[0])) / (2 * eps)
-    np.testing.assert_allclose(dW, num, rtol=1e-5, atol=1e-9)
-    numb = np.array([(objective(W[0], b[0] + eps * e) - objective(W[0], b[0] - eps * e)) / (2 * eps)
-                     for e in np.eye(len(b[0]))])
-    np.testing.assert_allclose(db, numb, rtol=1e-5, atol=1e-9)
+    assert_matches_finite_differences(objective, W[0], b[0], dW, db)
     # the per-sample rule with the channels' mean modulator is a different update
     dW1 = conv_run_phase(W, b, lif, g, src, 4, modulators=[m.mean(axis=1)], geometries=geos).grads[0][0]
     assert np.abs(dW1 - dW).max() > 1e-3 * np.abs(dW).max()
