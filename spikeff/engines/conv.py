@@ -40,7 +40,7 @@ from ..layers import Geometry, im2col, pool_spikes
 from ..neuron import DiscreteLIF, bias_trace, lif_scan, lif_scan_xp, trace_filter, trace_scan
 from .base import PhaseResult
 from .conv_numpy import conv_currents_np, conv_kernel_grad_np
-from .vectorized import _parallel
+from .vectorized import _parallel_tiles
 
 MAX_ELEMENTS = 1 << 23     # patch entries per im2col block (32 MB in float32)
 NEURON_BLOCK = 1 << 18     # neuron-steps per block of the elementwise work (1 MB in float32: in the cache)
@@ -101,13 +101,7 @@ def conv_kernel_grad(post, X, geo: Geometry, xp=np, max_elements: int = MAX_ELEM
 def _in_blocks(fn, B: int, row_elements: int):
     """``fn(rows)`` over blocks of the batch's rows of about :data:`NEURON_BLOCK` elements (they
     stay in the cache through the several passes of ``fn``), the blocks shared by the engine threads."""
-    step = max(1, NEURON_BLOCK // max(1, row_elements))
-
-    def work(part):
-        a, b, _ = part.indices(B)
-        for r in range(a, b, step):
-            fn(slice(r, min(r + step, b)))
-    _parallel(work, B, row_elements)
+    _parallel_tiles(fn, B, row_elements, max(1, NEURON_BLOCK // max(1, row_elements)))
 
 
 def _scale(modulator, geo: Geometry, B: int, T: int):

@@ -145,6 +145,16 @@ def _parallel(fn, B, N, min_work=1 << 16):
     return _parallel_parts(fn, bounds)
 
 
+def _parallel_tiles(fn, B, N, tile_rows):
+    """``fn(tile)`` over tiles of at most ``tile_rows`` batch rows (cache-sized), the tiles of each
+    part of the batch in one engine thread (:func:`_parallel`, ``N`` columns per row)."""
+    def part(sl):
+        a, b, _ = sl.indices(B)
+        for r in range(a, b, tile_rows):
+            fn(slice(r, min(r + tile_rows, b)))
+    _parallel(part, B, N)
+
+
 class _Layer:
     """Buffers and state of one layer for one phase (O(chunk_steps) memory)."""
 
@@ -280,25 +290,19 @@ class _Layer:
             ev = E[k:2 * k].reshape(k, B, M)
             self.stored.append((kept_v, ev[:, self.keep].copy(), e_b_steps.copy()))
 
-        def part(sl):
-            for a in range(sl.start, sl.stop, TILE_ROWS):
-                t = slice(a, min(a + TILE_ROWS, sl.stop))
-                Vt = V[:, t]
-                ref, rmask = (self.ref[t], self.rmask[t]) if self.ref is not None else (None, None)
-                lif_scan(Vt, self.dec[t], lif, ref, self.mask[t], rmask)
-                np.greater(Vt, lif.v_threshold, out=out[:, t])
-                self.counts[t] += out[:, t].sum(axis=0)
-                if kept_v is not None:          # the kept rows of this tile, before g(v) overwrites v
-                    lo, hi = max(t.start, rows.start), min(t.stop, rows.stop)
-                    if lo < hi:
-                        kept_v[:, lo - rows.start:hi - rows.start] = V[:, lo:hi]
-                fused(Vt, post[:, t] if self.learn else None, self.scale[:, t] if self.learn else None)
-                self.g_acc[t] += Vt.sum(axis=0)
-        bounds = _parts(B, N)
-        if len(bounds) <= 2:            # one part: in this thread
-            part(slice(0, B))
-        else:
-            _parallel_parts(part, bounds)
+        def tile(t):
+            Vt = V[:, t]
+            ref, rmask = (self.ref[t], self.rmask[t]) if self.ref is not None else (None, None)
+            lif_scan(Vt, self.dec[t], lif, ref, self.mask[t], rmask)
+            np.greater(Vt, lif.v_threshold, out=out[:, t])
+            self.counts[t] += out[:, t].sum(axis=0)
+            if kept_v is not None:          # the kept rows of this tile, before g(v) overwrites v
+                lo, hi = max(t.start, rows.start), min(t.stop, rows.stop)
+                if lo < hi:
+                    kept_v[:, lo - rows.start:hi - rows.start] = V[:, lo:hi]
+            fused(Vt, post[:, t] if self.learn else None, self.scale[:, t] if self.learn else None)
+            self.g_acc[t] += Vt.sum(axis=0)
+        _parallel_tiles(tile, B, N, TILE_ROWS)
         if self.learn:
             _accumulate(self, post, E[k:2 * k].reshape(k * B, M), k, e_b_steps)
 
