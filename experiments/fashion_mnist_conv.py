@@ -64,6 +64,8 @@ def main(argv=None):
     result = {"command": command, "dataset": "fashion_mnist", "n_train": len(X), "n_val": len(X_val),
               "n_test": len(X_test), "predict_method": method, "budget_minutes": args.minutes,
               "provenance": provenance(config=config, threads=threads, recipe=args.config), "epochs": []}
+    if args.epochs is not None:     # the config is the recipe with this change (tests/test_results.py checks it)
+        result["recipe_overrides"] = {"epochs": args.epochs}
     out, run_dir = Path(args.out), Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     print(f"{len(X)} train / {len(X_val)} val / {len(X_test)} test; layers {config.hidden_sizes}", flush=True)
