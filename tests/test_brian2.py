@@ -221,6 +221,40 @@ def test_phases_are_run_epochs_of_one_network(target_name, request, monkeypatch)
         assert net.binary_runs == 2 * 2 + 2
 
 
+@pytest.mark.parametrize("learning, fold_steps", [("dense", 10), ("events", 10), ("events", 7), ("events", 1),
+                                                   ("events", 64)])
+def test_update_forms_agree(learning, fold_steps, monkeypatch):
+    """The event-driven update (a fold every ``fold_steps`` steps plus an event per presynaptic
+    spike) and the dense one (every synapse, every step) give the vectorized engine's updates. T =
+    30: with 7 steps per fold the epochs (phases) start within a fold; with 64 every epoch's update
+    is all in its last fold, with 1 there is a fold every step."""
+    monkeypatch.setattr(brian2_engine, "LEARNING", learning)
+    monkeypatch.setattr(brian2_engine, "FOLD_STEPS", fold_steps)
+    W, b, pos, neg = two_layer_problem(seed=5, B=3)
+    lif = DiscreteLIF.from_config(NeuronConfig())
+    engine = brian2_engine.Brian2Engine(target="numpy")
+    ref, res = phases_then_replay_agree(engine, W, b, lif, get_goodness("energy_relu"), ConcatSource([pos, neg]))
+    [net] = engine.networks
+    assert net.events == (learning == "events")
+    ops = {o.name for obj in net.net.objects for o in [obj, *obj.contained_objects]}
+    assert ("synapses0_fold" in ops) == net.events and ("synapses0_learn" in ops) != net.events
+    for l in range(2):
+        assert np.abs(ref.grads[l][0]).max() > 1e-3
+
+
+def test_events_need_distinct_decays():
+    """The event-driven sums divide by a_mem - a_syn: equal time constants use the dense update."""
+    assert brian2_engine.uses_events(DiscreteLIF.from_config(NeuronConfig()), "events")
+    assert not brian2_engine.uses_events(DiscreteLIF.from_config(NeuronConfig()), "dense")
+    same = DiscreteLIF.from_config(NeuronConfig(tau_syn=0.02, tau_mem=0.02))
+    assert not brian2_engine.uses_events(same, "events")
+    with pytest.raises(ValueError, match="events"):
+        brian2_engine.uses_events(same, "sparse")
+    W, b, pos, _ = two_layer_problem(seed=6, B=2)
+    ref, res = run_both(W, b, same, get_goodness("energy_relu"), pos, modulators=[np.ones(2), -np.ones(2)])
+    assert_same_phase(ref, res, learn=True)
+
+
 def test_other_dt_and_time_constants(target):
     """The Brian2 clock and the decay factors follow NeuronConfig (dt = 0.5 ms here)."""
     target("numpy")

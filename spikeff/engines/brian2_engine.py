@@ -14,23 +14,31 @@ the Brian2 clock). Brian2's schedule in one step ``t`` is then:
 ====================  ========================================================================
 slot                  what runs
 ====================  ========================================================================
+``start``             every :data:`FOLD_STEPS` steps (event-driven update, see **The update**):
+                      the synapses' fold ``dW += P_fold_pre G_mem_post - Q_fold_pre G_syn_post``,
+                      then the groups start new sums (``rebase``)
 ``groups``            every layer: ``u = a_syn u + I_in; I_in = 0; v = a_mem v + u + b``
                       (refractory clamp), goodness ``g_acc += g(v)``, the modulated
                       postsynaptic term ``gp = m g'(v)``, ``db_acc += gp e_b``, presynaptic
                       traces ``e_u = a_syn e_u + x_last; e_v = a_mem e_v + e_u; x_last = 0``
-                      (the input's in the group ``input_traces``)
+                      (the input's in the group ``input_traces``); event-driven update: the
+                      layer's sums ``G_mem += gp a_mem**k``, ``G_syn += gp a_syn**k``
 ``after_groups``      monitors of v (pre-reset), when recording
 ``thresholds``        ``v > v_threshold``; input: the ``SpikeGeneratorGroup`` ``input`` emits
                       the epoch's spikes of step t (cpp_standalone: ``stimulus(t - t_start, i)
                       > 0.5``, a TimedArray, see **Targets**)
 ``synapses``          pathway ``pre`` (spikes): ``I_in_post += w``: the spikes of step t land in
                       the buffer ``I_in`` that the postsynaptic layer reads at step t+1 (one step
-                      of delay); every synapse (the Synapses' ``run_regularly`` operation
-                      ``learn``): ``dW += gp_post * e_v_pre``, the three-factor update (``gp`` is 0
-                      outside a replay; runtime targets switch the operation off then, the
-                      standalone program does not make its learning synapses); the one-to-one
-                      ``input_relay`` (runtime targets): ``x_last_post = 1`` in ``input_traces``
-``resets``            ``v = v_reset; x_last = 1; count += 1; ref = refractory_steps``
+                      of delay); the three-factor update (``gp`` is 0 outside a replay; runtime
+                      targets switch its operations off then, the standalone program does not
+                      make its learning synapses): event-driven, the pathway ``spike_update``
+                      (``dW -= c (a_mem**-k G_mem_post - a_syn**-k G_syn_post)``), dense, every
+                      synapse every step (``run_regularly`` operation ``learn``:
+                      ``dW += gp_post * e_v_pre``); the one-to-one ``input_relay`` (runtime
+                      targets): ``x_last_post = 1`` in ``input_traces`` (and its ``P_fold``,
+                      ``Q_fold``)
+``resets``            ``v = v_reset; x_last = 1; count += 1; ref = refractory_steps``;
+                      event-driven update: ``P_fold += c a_mem**-k; Q_fold += c a_syn**-k``
 ====================  ========================================================================
 
 **One persistent network, phases as run() epochs.** The groups and synapses are built once per
@@ -46,13 +54,31 @@ and in the replay the positive and the negative replay epochs, each with its mod
 ``dW`` (summed over the replicas) that the optimizer applies. Weights live in the Synapses'
 ``w`` and are written in place only when they changed (after an optimizer step).
 
-**Why a per-synapse operation and not an event pathway for the update.** In a replay ``gp`` is
-non-zero for (nearly) every neuron at every step, so an ``on_post`` pathway triggered by ``gp != 0``
-touches every synapse every step anyway, through a spike queue (the synapse indices of every
-postsynaptic neuron copied each step) and in postsynaptic order, i.e. with a stride of ``N``
-through the presynaptic-major synapse arrays (one cache miss per synapse): it took two thirds of a
-standalone replay epoch. The ``run_regularly`` operation does the same additions (the same
-``dW`` to the last bit: adding ``0 * e_v`` changes nothing) streaming through the arrays in order.
+**The update** ``dW = sum_t gp_post(t) e_v_pre(t)`` (summed over the epoch's steps) has two forms
+(:data:`LEARNING`), which give the same ``dW`` up to rounding (``tests/test_brian2.py``):
+
+- *dense*: every synapse adds ``gp_post * e_v_pre`` at every step (a ``run_regularly`` operation
+  streaming through the synapse arrays). In a replay ``gp`` is non-zero for nearly every neuron
+  at every step, so this is ``T`` passes over all synapses: in a training step of the
+  benchmark network at batch 64 (``experiments/bench_engines.py``) it took about three fifths of
+  the standalone program's CPU time (``perf``).
+- *event-driven* (default), the STDP idiom of Brian2 models: each step's work is per neuron and
+  per presynaptic spike, and every synapse is touched only once per fold of :data:`FOLD_STEPS`
+  (``K``) steps. Within a fold starting at step ``n`` (``k = 1 + (t - n)``, 1 ... K), the
+  presynaptic trace is the decay of its state at the fold's start plus one kernel
+  ``c (a_mem**j - a_syn**j)`` (``c = 1 / (a_mem - a_syn)``, ``j`` steps after the spike) per
+  spike in the fold. So with the postsynaptic sums ``G_mem = sum gp a_mem**k`` and
+  ``G_syn = sum gp a_syn**k`` over the fold, the fold's update is
+  ``P_fold G_mem - Q_fold G_syn`` (added to every synapse at the fold's end), where the
+  presynaptic ``P_fold = e_v + c (a_syn e_u + x_last)`` and ``Q_fold = c (a_syn e_u + x_last)``
+  are taken at the fold's start and a spike at place ``k`` adds ``c a_mem**-k`` and
+  ``c a_syn**-k`` to them; the spike's pathway ``spike_update`` takes back from each of its
+  synapses what the fold's sums hold from before the spike (``c (a_mem**-k G_mem - a_syn**-k
+  G_syn)``, the postsynaptic sums at that step). The folds run every ``K`` steps of the clock (so
+  a phase may start within one) and once more after each epoch's last step. The factors
+  ``a**-k`` stay at most ``a_syn**-K`` (7.4 at the default decays and K = 10); the tests find
+  both forms within 1e-9 of the vectorized engine (K = 1, 7, 10, 64). The sums divide by ``a_mem - a_syn``: where the decays are closer
+  than :data:`MIN_DECAY_GAP`, the dense form is used.
 
 **Input: a SpikeGeneratorGroup** (runtime targets). Every input, rate-coded images and event
 streams alike (:class:`~spikeff.events.EventSource`, spike tensors, recorded spike trains), is
@@ -123,6 +149,14 @@ BUILD_DIR = os.environ.get("SPIKEFF_BRIAN2_BUILD_DIR") or None
 #: negative phase of ``train_batch``, or their replays) run in groups of this many, a last group
 #: padded with silent epochs
 EPOCHS_PER_RUN = int(os.environ.get("SPIKEFF_BRIAN2_EPOCHS_PER_RUN", "2"))
+#: the update's form: "events" (default where the two decays differ enough: the per-synapse work is
+#: a fold every :data:`FOLD_STEPS` steps plus an event per presynaptic spike) or "dense" (every
+#: synapse adds ``gp_post * e_v_pre`` every step); see **The update**
+LEARNING = os.environ.get("SPIKEFF_BRIAN2_LEARNING", "events")
+#: "events": steps per fold (the largest factor ``a**-k`` in its sums is ``a_syn**-FOLD_STEPS``)
+FOLD_STEPS = int(os.environ.get("SPIKEFF_BRIAN2_FOLD_STEPS", "10"))
+#: "events" needs ``a_mem - a_syn`` away from 0 (its sums are divided by it); closer: "dense"
+MIN_DECAY_GAP = 0.02
 #: cpp_standalone: parallel compile jobs (Brian2's default ``make -j`` starts one per source file)
 MAKE_JOBS = int(os.environ.get("SPIKEFF_BRIAN2_MAKE_JOBS", "2"))
 
@@ -143,8 +177,25 @@ def _goodness_code(goodness: Goodness) -> tuple[str, str]:
     return sub(goodness.expr), sub(goodness.dexpr)
 
 
+#: the event-driven update: k, the step's place in its fold (1 ... FOLD_STEPS), and what a
+#: presynaptic spike adds to the sums of its group (``P_fold``, ``Q_fold``) and of each of its
+#: synapses (``dW``)
+FOLD_K = "1 + timestep(t, dt) % K_fold"
+PRE_EVENT = [f"P_fold += c_fold*a_mem**(-({FOLD_K}))", f"Q_fold += c_fold*a_syn**(-({FOLD_K}))"]
+SYN_EVENT = f"dW -= c_fold*(a_mem**(-({FOLD_K}))*G_mem_post - a_syn**(-({FOLD_K}))*G_syn_post)"
+
+
+def uses_events(lif: DiscreteLIF, learning: str | None = None) -> bool:
+    """Whether the update is event-driven (:data:`LEARNING`, unless the decays are too close)."""
+    learning = LEARNING if learning is None else learning
+    if learning not in ("events", "dense"):
+        raise ValueError(f"Brian2 learning: {learning!r} is not valid; choose 'events' or 'dense' "
+                         f"(SPIKEFF_BRIAN2_LEARNING)")
+    return learning == "events" and abs(lif.a_mem - lif.a_syn) >= MIN_DECAY_GAP
+
+
 def layer_model(lif: DiscreteLIF, goodness: Goodness | None, traces: bool = True,
-                stimulus: bool = False) -> dict:
+                stimulus: bool = False, events: bool = False) -> dict:
     """Equations and code (Brian2 syntax, with units) of one group.
 
     ``goodness`` None: the input. With ``stimulus`` (cpp_standalone) the input group itself (spikes
@@ -153,10 +204,13 @@ def layer_model(lif: DiscreteLIF, goodness: Goodness | None, traces: bool = True
     ``SpikeGeneratorGroup``, through a one-to-one relay that sets ``x_last = 1``. ``traces``: keep
     the presynaptic eligibility traces (a layer above learns from them). A layer always carries
     its learning variables: the modulator ``m`` (0 outside a replay), ``gp = m g'(v)`` and
-    ``db_acc``. Returns a dict with ``model``, ``update``, ``threshold`` and ``reset`` (threshold
-    and reset None for the traces group).
+    ``db_acc``. ``events``: the variables of the event-driven update (see **The update**): a layer
+    sums ``G_mem``, ``G_syn`` (postsynaptic side), a group with ``traces`` sums ``P_fold``,
+    ``Q_fold`` at its spikes (presynaptic side); ``rebase`` is the code that starts a fold's
+    sums. Returns a dict with ``model``, ``update``, ``threshold``, ``reset`` (threshold and reset
+    None for the traces group) and ``rebase`` (None without ``events``).
     """
-    model, update = ["x_last : 1  # 1 if the group spiked at the previous step"], []
+    model, update, rebase = ["x_last : 1  # 1 if the group spiked at the previous step"], [], []
     reset = ["x_last = 1"]
     if goodness is None:
         if stimulus:
@@ -178,9 +232,17 @@ def layer_model(lif: DiscreteLIF, goodness: Goodness | None, traces: bool = True
             reset += ["ref = refractory_steps"]
         update += [f"g_acc += {g}", "e_b = a_mem*e_b + 1", f"gp = m*{dg}", "db_acc += gp*e_b"]
         reset += ["v = v_reset", "count += 1"]
+        if events:
+            model += ["G_mem : 1  # sum over the fold of gp a_mem**k", "G_syn : 1  # ... gp a_syn**k"]
+            update += [f"G_mem += gp*a_mem**({FOLD_K})", f"G_syn += gp*a_syn**({FOLD_K})"]
+            rebase += ["G_mem = 0", "G_syn = 0"]
     if traces:
         model += ["e_u : 1  # presynaptic eligibility traces", "e_v : 1"]
         update += ["e_u = a_syn*e_u + x_last", "e_v = a_mem*e_v + e_u"]
+        if events:
+            model += ["P_fold : 1  # presynaptic factor of G_mem in the fold", "Q_fold : 1  # ... of G_syn"]
+            reset += PRE_EVENT
+            rebase += ["P_fold = e_v + c_fold*(a_syn*e_u + x_last)", "Q_fold = c_fold*(a_syn*e_u + x_last)"]
     update += ["x_last = 0"]
     if goodness is None and not stimulus:
         threshold, reset = None, None
@@ -188,7 +250,7 @@ def layer_model(lif: DiscreteLIF, goodness: Goodness | None, traces: bool = True
         threshold = "stimulus(t - t_start, i) > 0.5" if stimulus else "v > v_threshold"
         reset = "\n".join(reset)
     return {"model": "\n".join(model), "update": "\n".join(update), "threshold": threshold,
-            "reset": reset}
+            "reset": reset, "rebase": "\n".join(rebase) if events else None}
 
 
 def _check_inputs(weights, biases, source, modulators):
@@ -234,6 +296,7 @@ class _Network:
         self.L = len(sizes) - 1
         #: run() epochs per run of the program (standalone; the runtime targets run one at a time)
         self.E = max(1, EPOCHS_PER_RUN if epochs_per_run is None else epochs_per_run) if self.standalone else 1
+        self.events = uses_events(lif)                      # the update's form (see **The update**)
         self.flat = None                                    # per layer: index into W.ravel() of each synapse
         self._w_loaded = [None] * self.L                    # runtime: weights now in the Synapses
         self.build_seconds = 0.0
@@ -246,7 +309,8 @@ class _Network:
             from brian2.utils.filelock import FileLock
             if BUILD_DIR:
                 spec = repr((b2.__version__, self.sizes, R, T, lif, goodness.name, goodness.expr,
-                             goodness.dexpr, record, self.E, b2.prefs.codegen.cpp.extra_compile_args_gcc))
+                             goodness.dexpr, record, self.E, self.events, FOLD_STEPS,
+                             b2.prefs.codegen.cpp.extra_compile_args_gcc))
                 self.directory = os.path.join(BUILD_DIR, hashlib.sha256(spec.encode()).hexdigest()[:16])
                 os.makedirs(self.directory, exist_ok=True)
             else:
@@ -272,19 +336,24 @@ class _Network:
         dt, mV = lif.dt * b2.second, b2.mV
         M0 = self.sizes[0]
         const = lif.brian2_namespace(mV)
+        if self.events:
+            const.update(K_fold=FOLD_STEPS, c_fold=1.0 / (lif.a_mem - lif.a_syn))
+        fold_dt = FOLD_STEPS * dt
         self.stimulus = None        # standalone: a TimedArray (made below), runtime: a SpikeGeneratorGroup
         # standalone: per layer, the modulators of each epoch (row e), set into m at the epoch's start
         self.mod_tables = [b2.TimedArray(np.zeros((E, R * n)), dt=T * dt, name=f"mod{l}")
                            for l, n in enumerate(self.sizes[1:])] if self.standalone else []
 
         def group(n, name, extra=(), tables=(), **kw):
-            spec = layer_model(lif, **kw)
+            spec = layer_model(lif, events=self.events, **kw)
             ns = dict(const, **{t.name: t for t in tables})
             if self.stimulus is not None:
                 ns["stimulus"] = self.stimulus
             grp = b2.NeuronGroup(n, "\n".join([spec["model"], *extra]), threshold=spec["threshold"],
                                  reset=spec["reset"], dt=dt, namespace=ns, name=name)
             grp.run_regularly(spec["update"], when="groups", name=f"{name}_update")
+            if spec["rebase"]:      # a new fold starts: after the synapses' fold (order 0)
+                grp.run_regularly(spec["rebase"], dt=fold_dt, when="start", order=1, name=f"{name}_rebase")
             return grp
 
         if self.standalone:     # input spikes: a TimedArray (a SpikeGeneratorGroup is fixed at build)
@@ -297,8 +366,10 @@ class _Network:
             self.groups = [b2.SpikeGeneratorGroup(R * M0, np.zeros(0, np.int64), np.zeros(0) * b2.second,
                                                   dt=dt, name="input")]
             self.input_traces = group(R * M0, "input_traces", goodness=None)
-            self.relay = b2.Synapses(self.groups[0], self.input_traces, on_pre="x_last_post = 1",
-                                     delay=0 * b2.second, dt=dt, name="input_relay")
+            relay_code = ["x_last_post = 1"] + ([re.sub(r"^(\w+)", r"\1_post", c) for c in PRE_EVENT]
+                                                if self.events else [])
+            self.relay = b2.Synapses(self.groups[0], self.input_traces, on_pre="\n".join(relay_code),
+                                     delay=0 * b2.second, dt=dt, namespace=dict(const), name="input_relay")
             self.relay.connect(j="i")
         # standalone layers also carry the flag ``learn`` (a run argument: 1 creates the layer's
         # learning synapses in that run of the program) and the goodness and spike count at the end
@@ -314,22 +385,28 @@ class _Network:
             # which learning synapses are made); w is set from the table after the synapses are made
             self.device.apply_run_args()
         self.synapses, self.plain, self.tables, self.v_mons, self.s_mons, self.learn_ops = [], [], [], [], [], []
+        self.folds = []         # events: per layer, the fold's expression of dW
         for l in range(self.L):
             M, N = self.sizes[l], self.sizes[l + 1]
             pre, grp = self.groups[l], self.groups[l + 1]
             table = b2.TimedArray(np.zeros((1, N * M)), dt=T * dt, name=f"W{l}")   # weights by j*M + i
 
-            def synapses(model, name):
-                return b2.Synapses(pre, grp, model, on_pre={"pre": "I_in_post += w"},
-                                   delay={"pre": 0 * b2.second},  # shared, not per synapse
-                                   dt=dt, namespace={"W_table": table}, name=name)
+            def synapses(model, name, learning=False):
+                on_pre = {"pre": "I_in_post += w"}
+                if learning and self.events:        # a presynaptic spike's share of the update
+                    on_pre["spike_update"] = SYN_EVENT
+                return b2.Synapses(pre, grp, model, on_pre=on_pre,
+                                   delay={k: 0 * b2.second for k in on_pre},  # shared, not per synapse
+                                   dt=dt, namespace=dict(const, W_table=table), name=name)
 
-            # presynaptic trace e_v: the input's sits in input_traces (a linked variable), not in
-            # the SpikeGeneratorGroup that sends the spikes (runtime targets)
+            # presynaptic variables (e_v, or P_fold and Q_fold): the input's sit in input_traces
+            # (linked variables), not in the SpikeGeneratorGroup that sends the spikes (runtime targets)
             linked = l == 0 and self.input_traces is not self.groups[0]
+            pre_vars = ["P_fold", "Q_fold"] if self.events else ["e_v"]
             # all-to-all within each replica: presynaptic i of replica i // M -> that replica's N
             pattern = f"k for k in range((i // {M})*{N}, (i // {M} + 1)*{N})"
-            syn = synapses("w : volt\ndW : 1" + ("\ne_v_in : 1 (linked)" if linked else ""), f"synapses{l}")
+            syn = synapses("w : volt\ndW : 1" + "".join(f"\n{v}_in : 1 (linked)" for v in pre_vars if linked),
+                           f"synapses{l}", learning=True)
             if self.standalone:
                 # two sets of synapses (same pattern, same order), of which a run of the program
                 # makes one: with the update dW where the layer learns in that run, without (no
@@ -341,10 +418,19 @@ class _Network:
             else:
                 syn.connect(j=pattern)
             if linked:
-                syn.e_v_in = b2.linked_var(self.input_traces, "e_v", index="_synaptic_pre")
-            # the three-factor update of every synapse, every step (after the groups' update)
-            self.learn_ops.append(syn.run_regularly(f"dW += gp_post*{'e_v_in' if linked else 'e_v_pre'}",
-                                                    when="synapses", name=f"synapses{l}_learn"))
+                for v in pre_vars:
+                    setattr(syn, f"{v}_in", b2.linked_var(self.input_traces, v, index="_synaptic_pre"))
+            ref = {v: f"{v}_in" if linked else f"{v}_pre" for v in pre_vars}
+            if self.events:
+                # the fold: every FOLD_STEPS steps (before the groups start new sums), and after
+                # the epoch's last step (``fold``, run after each run())
+                self.folds.append(f"dW + {ref['P_fold']}*G_mem_post - {ref['Q_fold']}*G_syn_post")
+                self.learn_ops.append([syn.run_regularly(f"dW = {self.folds[-1]}", dt=fold_dt, when="start",
+                                                         order=0, name=f"synapses{l}_fold"), syn.spike_update])
+            else:
+                # the three-factor update of every synapse, every step (after the groups' update)
+                self.learn_ops.append([syn.run_regularly(f"dW += gp_post*{ref['e_v']}", when="synapses",
+                                                         name=f"synapses{l}_learn")])
             if self.record:
                 self.v_mons.append(b2.StateMonitor(grp, "v", record=True, when="after_groups", name=f"v{l}"))
                 self.s_mons.append(b2.SpikeMonitor(grp, name=f"spikes{l}"))
@@ -363,12 +449,18 @@ class _Network:
                 for l, grp in enumerate(self.groups[1:]):
                     grp.m = f"mod{l}(t, i)"
                 self.net.run(T * dt, namespace={})
+                self._fold()
                 if e < E - 1:
                     for grp in self.groups[1:]:
                         setattr(grp, f"g_acc_e{e}", "g_acc")
                         setattr(grp, f"count_e{e}", "count")
 
     # -- epochs ---------------------------------------------------------------------------------
+    def _fold(self, learn=None):
+        """Events: the last fold of an epoch (its steps after the last in-run fold) into ``dW``."""
+        for l, code in enumerate(self.folds):
+            if learn is None or learn[l]:
+                self.synapses[l].dW = code
     def _reset(self, keep=()):
         """Every state variable back to rest (the weights ``w`` and the names in ``keep`` are
         kept; standalone: the code that does it, between two epochs of the program)."""
@@ -469,7 +561,8 @@ class _Network:
         for l in range(L):
             self.groups[l + 1].variables["b"].set_value(b_vals[l])
             self.groups[l + 1].variables["m"].set_value(m_vals[l])
-            self.learn_ops[l].active = learn[l]          # (dW stays 0 anyway where m = 0)
+            for op in self.learn_ops[l]:
+                op.active = learn[l]                    # (dW stays 0 anyway where m = 0)
         t0 = float(self.net.t)
         step0 = int(round(t0 / self.lif.dt))
         steps, idx = np.nonzero(stim > 0.5)                 # sorted by step, then by index
@@ -477,6 +570,7 @@ class _Network:
         n_spk = [mon.num_spikes for mon in self.s_mons]
         n_v = [len(mon.t[:]) for mon in self.v_mons]
         self.net.run(T * self.lif.dt * b2.second, namespace={})
+        self._fold(learn)
         res = []
         for l in range(L):
             r = self._layer_state(l, "g_acc", "count")
