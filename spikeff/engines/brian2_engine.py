@@ -141,14 +141,28 @@ TARGETS = ("numpy", "cython", "cpp_standalone")
 TARGET = os.environ.get("SPIKEFF_BRIAN2_TARGET", "numpy")
 #: most replicas (samples simulated side by side) of one network; larger batches run as several epochs
 MAX_REPLICAS = int(os.environ.get("SPIKEFF_BRIAN2_REPLICAS", "64"))
+#: cpp_standalone: most replicas. Every run of the program makes its synapses (replicas x the
+#: layers' weights) and writes them at its end, so a standalone network keeps few replicas and
+#: runs more epochs per run of the program (:data:`EPOCHS_PER_RUN`)
+STANDALONE_REPLICAS = int(os.environ.get("SPIKEFF_BRIAN2_STANDALONE_REPLICAS", "8"))
 #: cpp_standalone: root of a build cache shared by processes (one folder per network, reused when
 #: the generated code is the same: Brian2 rewrites only changed files, make recompiles only those);
 #: None: a temporary folder per network and process, removed at exit
 BUILD_DIR = os.environ.get("SPIKEFF_BRIAN2_BUILD_DIR") or None
-#: cpp_standalone: run() epochs (phases) per run of the binary: a call's epochs (the positive and the
-#: negative phase of ``train_batch``, or their replays) run in groups of this many, a last group
-#: padded with silent epochs
-EPOCHS_PER_RUN = int(os.environ.get("SPIKEFF_BRIAN2_EPOCHS_PER_RUN", "2"))
+#: cpp_standalone: run() epochs per run of the binary: a call's epochs (the positive and the
+#: negative phase of ``train_batch``, or their replays, each ``ceil(batch / R)`` epochs) run in
+#: groups of this many, a last group padded with silent epochs. None (default): the number of
+#: epochs of the call that builds the network, at most :data:`MAX_EPOCHS_PER_RUN` (the program's
+#: code, so its compile time, grows with it)
+EPOCHS_PER_RUN = int(os.environ["SPIKEFF_BRIAN2_EPOCHS_PER_RUN"]) if os.environ.get("SPIKEFF_BRIAN2_EPOCHS_PER_RUN") else None
+MAX_EPOCHS_PER_RUN = 16
+#: cpp_standalone: OpenMP threads of the program (Brian2's ``devices.cpp_standalone.openmp_threads``;
+#: 0: none). Brian2 runs the spike propagation, which adds into postsynaptic variables, on one
+#: thread in spike order, and splits per-neuron and per-synapse loops among the threads, so the
+#: results do not depend on it (``tests/test_brian2.py`` runs with the default)
+OPENMP_THREADS = int(os.environ.get("SPIKEFF_BRIAN2_OPENMP_THREADS", str(len(os.sched_getaffinity(0))
+                                                                          if hasattr(os, "sched_getaffinity")
+                                                                          else os.cpu_count() or 1)))
 #: the update's form: "events" (default where the two decays differ enough: the per-synapse work is
 #: a fold every :data:`FOLD_STEPS` steps plus an event per presynaptic spike) or "dense" (every
 #: synapse adds ``gp_post * e_v_pre`` every step); see **The update**
@@ -295,7 +309,8 @@ class _Network:
         self.standalone = target == "cpp_standalone"
         self.L = len(sizes) - 1
         #: run() epochs per run of the program (standalone; the runtime targets run one at a time)
-        self.E = max(1, EPOCHS_PER_RUN if epochs_per_run is None else epochs_per_run) if self.standalone else 1
+        self.E = (max(2, min(MAX_EPOCHS_PER_RUN, epochs_per_run or 2)) if EPOCHS_PER_RUN is None
+                  else max(1, EPOCHS_PER_RUN)) if self.standalone else 1
         self.events = uses_events(lif)                      # the update's form (see **The update**)
         self.flat = None                                    # per layer: index into W.ravel() of each synapse
         self._w_loaded = [None] * self.L                    # runtime: weights now in the Synapses
@@ -309,7 +324,7 @@ class _Network:
             from brian2.utils.filelock import FileLock
             if BUILD_DIR:
                 spec = repr((b2.__version__, self.sizes, R, T, lif, goodness.name, goodness.expr,
-                             goodness.dexpr, record, self.E, self.events, FOLD_STEPS,
+                             goodness.dexpr, record, self.E, self.events, FOLD_STEPS, OPENMP_THREADS,
                              b2.prefs.codegen.cpp.extra_compile_args_gcc))
                 self.directory = os.path.join(BUILD_DIR, hashlib.sha256(spec.encode()).hexdigest()[:16])
                 os.makedirs(self.directory, exist_ok=True)
@@ -318,6 +333,8 @@ class _Network:
                 _BUILD_DIRS.append(self.directory)
             self.lock = FileLock(self.directory + ".lock")
             b2.prefs.devices.cpp_standalone.extra_make_args_unix = [f"-j{MAKE_JOBS}"]
+            threads = b2.prefs.devices.cpp_standalone.openmp_threads
+            b2.prefs.devices.cpp_standalone.openmp_threads = OPENMP_THREADS
             self.device = CPPStandaloneDevice()             # one device (project) per network
             set_device(self.device, build_on_run=False, directory=self.directory)
             try:
@@ -326,6 +343,7 @@ class _Network:
                     self.device.build(directory=self.directory, compile=True, run=False, with_output=False)
             finally:
                 reset_device()
+                b2.prefs.devices.cpp_standalone.openmp_threads = threads
         else:
             b2.prefs.codegen.target = target
             self._build(goodness)
@@ -650,13 +668,17 @@ class Brian2Engine:
     def __getstate__(self):
         return {"target": self.target, "max_replicas": self.max_replicas, "_nets": {}}
 
-    def network(self, sizes, B, T, lif, goodness, record, target) -> _Network:
-        """The persistent network for these shapes, built (or rebuilt with more replicas) if needed."""
-        cap = self.max_replicas or MAX_REPLICAS
+    def network(self, sizes, batches, T, lif, goodness, record, target) -> _Network:
+        """The persistent network for these shapes, built (or rebuilt with more replicas) if needed.
+        ``batches``: the call's batch size per phase (standalone: a network built now runs as many
+        epochs per run of its program as this call has, up to :data:`MAX_EPOCHS_PER_RUN`)."""
+        cap = self.max_replicas or (STANDALONE_REPLICAS if target == "cpp_standalone" else MAX_REPLICAS)
+        R = min(max(batches), cap)
         key = (target, tuple(sizes), T, lif, goodness.name, goodness.expr, goodness.dexpr, record)
         net = self._nets.get(key)
-        if net is None or (net.R < min(B, cap)):
-            net = self._nets[key] = _Network(sizes, min(B, cap), T, lif, goodness, record, target)
+        if net is None or net.R < R:
+            epochs = sum(-(-b // R) for b in batches)
+            net = self._nets[key] = _Network(sizes, R, T, lif, goodness, record, target, epochs_per_run=epochs)
         return net
 
     @property
@@ -676,7 +698,7 @@ class Brian2Engine:
         dtype = weights[0].dtype
         parts = list(getattr(source, "sources", [source]))        # one epoch (or more) per phase
         sizes_b = [p.shape[0] for p in parts]
-        net = self.network(sizes, max(sizes_b), T, lif, goodness, record, target)
+        net = self.network(sizes, sizes_b, T, lif, goodness, record, target)
         R = net.R
         learn = [modulators is not None and modulators[l] is not None for l in range(L)]
         biases = [None if b is None else np.asarray(b) for b in biases]
