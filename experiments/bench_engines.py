@@ -4,8 +4,10 @@ One training step = what ``FFNetwork.train_batch`` asks of the engine (readout o
 and the negative phase (a ConcatSource: on Brian2 two ``run()`` epochs of one persistent network),
 then both replayed with the FF modulators (two more epochs, weight updates accumulated). Network
 794 -> 500 -> 500, 50 steps, the same batch size for every engine (8 and 64): the ratio is per
-sample at equal batch sizes. Brian2 simulates a batch as replicated networks (batch x 647k
-synapses). The network is built once per engine and batch size (for cpp_standalone: generated and
+sample at equal batch sizes. Brian2 simulates a batch as replicated networks, with the engine's
+own replica cap (replicas x 647k synapses; runtime targets up to 64 replicas, cpp_standalone up to
+8, the rest of a batch as further run() epochs, recorded as ``replicas`` and ``epochs_per_run``).
+The network is built once per engine and batch size (for cpp_standalone: generated and
 compiled once, ``build_seconds``); the timed steps then only run it with new inputs
 (``device.run(run_args=...)`` for cpp_standalone). Each cell records the wall time and the CPU time
 (process and children) of its steps with the load average: on a shared machine the CPU time is the
@@ -154,11 +156,12 @@ def main(argv=None):
                 print("brian2", target, B, "skipped:", too_slow, flush=True)
                 continue
             W, src = problem(B, "float64", args.steps, args.sizes)
-            engine = brian2_engine.Brian2Engine(target=target, max_replicas=B)
+            engine = brian2_engine.Brian2Engine(target=target)    # the engine's own replica cap
             first = training_step(engine, W, src, lif, g)          # includes building / compiling
             build = sum(n.build_seconds for n in engine.networks)
             cell = best_of(engine, W, src, lif, g, args.brian2_repeats)
             cell.update(seconds_first_step=first, build_seconds=build, replicas=engine.networks[0].R,
+                        epochs_per_run=engine.networks[0].E if target == "cpp_standalone" else 1,
                         seconds_per_sample=cell["seconds_per_step"] / B)
             res["brian2"][target][str(B)] = cell
             print("brian2", target, B, cell, flush=True)
