@@ -45,7 +45,8 @@ slot                  what runs
 set of shapes (layer sizes, T, neuron constants, goodness, number of replicas, recording) and
 kept; a phase is one ``run(T * dt)`` epoch of that network from rest. A batch of samples is
 ``R`` replicas of the network (``R * N`` neurons per layer, synapses only within a replica),
-``R`` = the largest batch seen, at most :data:`MAX_REPLICAS`; smaller batches are padded with
+``R`` = the largest batch seen, at most :data:`MAX_REPLICAS` (cpp_standalone:
+:data:`STANDALONE_REPLICAS`); smaller batches are padded with
 silent replicas, larger ones run as several epochs. When ``FFNetwork.train_batch`` hands the
 engine its phases side by side (a :class:`~spikeff.encoding.ConcatSource` of neutral, positive
 and negative sources), each phase is its own epoch: the positive phase, then the negative phase,
@@ -98,11 +99,12 @@ Between epochs the runtime targets reset every state variable to rest explicitly
 **Targets** (:data:`TARGET`, from the environment variable ``SPIKEFF_BRIAN2_TARGET``): ``numpy``
 and ``cython`` (runtime code generation), and ``cpp_standalone``: the network is compiled once
 (``set_device('cpp_standalone', build_on_run=False)``, ``device.build(run=False)``, in a
-temporary directory per network and process) as a program of :data:`EPOCHS_PER_RUN` (``E``)
-run() epochs, each from rest (the state variables are set back to rest between them, in the
-program); every run of the binary (``device.run(run_args=...)``) runs ``E`` of a call's epochs
-(the positive and the negative phase side by side, or their two replays: one run per call; a last
-group padded with silent epochs). The run arguments give that run's input spikes (the TimedArray
+temporary directory per network and process) as a program of ``E`` run() epochs (as many as the
+call that builds the network has, 2 to :data:`MAX_EPOCHS_PER_RUN`, or :data:`EPOCHS_PER_RUN`),
+each from rest (the state variables are set back to rest between them, in the program); every run
+of the binary (``device.run(run_args=...)``) runs ``E`` of a call's epochs (at batch 64 with 8
+replicas: the positive and the negative phase, 8 epochs each, or their replays: one run per call;
+a last group padded with silent epochs). It runs on :data:`OPENMP_THREADS` OpenMP threads. The run arguments give that run's input spikes (the TimedArray
 ``stimulus``, ``E T`` rows), weights (a TimedArray table ``W(l)`` from which ``w`` is set after
 the synapses are made), biases, the modulators of each epoch (a table ``mod(l)``, one row per
 epoch, set into ``m`` at the start of each epoch) and per layer the flag ``learn``; so no new
