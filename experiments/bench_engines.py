@@ -161,7 +161,7 @@ def main(argv=None):
             build = sum(n.build_seconds for n in engine.networks)
             cell = best_of(engine, W, src, lif, g, args.brian2_repeats)
             cell.update(seconds_first_step=first, build_seconds=build, replicas=engine.networks[0].R,
-                        epochs_per_run=engine.networks[0].E if target == "cpp_standalone" else 1,
+                        epochs_per_run=engine.networks[0].E,
                         seconds_per_sample=cell["seconds_per_step"] / B)
             res["brian2"][target][str(B)] = cell
             print("brian2", target, B, cell, flush=True)

@@ -236,7 +236,7 @@ class FFNetwork(EstimatorProtocol):
         """Per layer, the goodness the FF loss sees in the phase result ``res``: the layer's (B,),
         or, for a conv layer with ``goodness_scope = "channel"``, each channel's (B, channels)
         (:func:`spikeff.layers.channel_means` of the per-neuron goodness)."""
-        if not self.config.has_conv or not any(s.channel_goodness for s in self.config.layers):
+        if not any(s.channel_goodness for s in self.config.layers):
             return list(res.goodness)
         from .layers import channel_means
         return [channel_means(ng, geo) if geo.spec.channel_goodness else g

@@ -303,7 +303,7 @@ class _Network:
     """One persistent Brian2 network: groups, synapses (and monitors) built once; one epoch per run()."""
 
     def __init__(self, sizes, R, T, lif: DiscreteLIF, goodness: Goodness, record: bool, target: str,
-                 epochs_per_run: int | None = None):
+                 epochs_per_run: int = 2):
         import brian2 as b2
 
         self.b2, self.sizes, self.R, self.T, self.lif = b2, list(sizes), R, T, lif
@@ -311,7 +311,7 @@ class _Network:
         self.standalone = target == "cpp_standalone"
         self.L = len(sizes) - 1
         #: run() epochs per run of the program (standalone; the runtime targets run one at a time)
-        self.E = (max(2, min(MAX_EPOCHS_PER_RUN, epochs_per_run or 2)) if EPOCHS_PER_RUN is None
+        self.E = (max(2, min(MAX_EPOCHS_PER_RUN, epochs_per_run)) if EPOCHS_PER_RUN is None
                   else max(1, EPOCHS_PER_RUN)) if self.standalone else 1
         self.events = uses_events(lif)                      # the update's form (see **The update**)
         self.flat = None                                    # per layer: index into W.ravel() of each synapse
@@ -443,7 +443,7 @@ class _Network:
             ref = {v: f"{v}_in" if linked else f"{v}_pre" for v in pre_vars}
             if self.events:
                 # the fold: every FOLD_STEPS steps (before the groups start new sums), and after
-                # the epoch's last step (``fold``, run after each run())
+                # the epoch's last step (:meth:`_fold`, after each run())
                 self.folds.append(f"dW + {ref['P_fold']}*G_mem_post - {ref['Q_fold']}*G_syn_post")
                 self.learn_ops.append([syn.run_regularly(f"dW = {self.folds[-1]}", dt=fold_dt, when="start",
                                                          order=0, name=f"synapses{l}_fold"), syn.spike_update])
@@ -481,6 +481,7 @@ class _Network:
         for l, code in enumerate(self.folds):
             if learn is None or learn[l]:
                 self.synapses[l].dW = code
+
     def _reset(self, keep=()):
         """Every state variable back to rest (the weights ``w`` and the names in ``keep`` are
         kept; standalone: the code that does it, between two epochs of the program)."""
