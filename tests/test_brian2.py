@@ -221,13 +221,13 @@ def test_phases_are_run_epochs_of_one_network(target_name, request, monkeypatch)
         assert net.binary_runs == 2 * 2 + 2
 
 
-@pytest.mark.parametrize("learning, fold_steps", [("dense", 10), ("events", 10), ("events", 7), ("events", 1),
-                                                   ("events", 64)])
+@pytest.mark.parametrize("learning, fold_steps", [("dense", None), ("events", None), ("events", 10), ("events", 7),
+                                                   ("events", 1), ("events", 64)])
 def test_update_forms_agree(learning, fold_steps, monkeypatch):
     """The event-driven update (a fold every ``fold_steps`` steps plus an event per presynaptic
     spike) and the dense one (every synapse, every step) give the vectorized engine's updates. T =
-    30: with 7 steps per fold the epochs (phases) start within a fold; with 64 every epoch's update
-    is all in its last fold, with 1 there is a fold every step."""
+    30: with 7 (and the default, 20) steps per fold the epochs (phases) start within a fold; with 64
+    every epoch's update is all in its last fold, with 1 there is a fold every step."""
     monkeypatch.setattr(brian2_engine, "LEARNING", learning)
     monkeypatch.setattr(brian2_engine, "FOLD_STEPS", fold_steps)
     W, b, pos, neg = two_layer_problem(seed=5, B=3)
@@ -236,10 +236,23 @@ def test_update_forms_agree(learning, fold_steps, monkeypatch):
     ref, res = phases_then_replay_agree(engine, W, b, lif, get_goodness("energy_relu"), ConcatSource([pos, neg]))
     [net] = engine.networks
     assert net.events == (learning == "events")
+    assert net.fold_steps == (fold_steps or brian2_engine.fold_steps(lif))
     ops = {o.name for obj in net.net.objects for o in [obj, *obj.contained_objects]}
     assert ("synapses0_fold" in ops) == net.events and ("synapses0_learn" in ops) != net.events
     for l in range(2):
         assert np.abs(ref.grads[l][0]).max() > 1e-3
+
+
+def test_fold_steps_bound_the_factors(monkeypatch):
+    """The default fold is the longest whose factors a**-k stay within FOLD_MAX_FACTOR."""
+    for taus in [(5e-3, 20e-3), (20e-3, 5e-3), (1e-3, 10e-3), (50e-3, 100e-3)]:
+        lif = DiscreteLIF.from_config(NeuronConfig(tau_syn=taus[0], tau_mem=taus[1]))
+        K, a = brian2_engine.fold_steps(lif), min(lif.a_mem, lif.a_syn)
+        assert a ** -K <= brian2_engine.FOLD_MAX_FACTOR and (K == 1 or a ** -(K + 1) > brian2_engine.FOLD_MAX_FACTOR)
+    assert brian2_engine.fold_steps(DiscreteLIF.from_config(NeuronConfig())) == 20    # tau_syn 5 ms, dt 1 ms
+    monkeypatch.setattr(brian2_engine, "FOLD_STEPS", 0)
+    with pytest.raises(ValueError, match="fold"):
+        brian2_engine.fold_steps(DiscreteLIF.from_config(NeuronConfig()))
 
 
 def test_events_need_distinct_decays():
@@ -248,6 +261,8 @@ def test_events_need_distinct_decays():
     assert not brian2_engine.uses_events(DiscreteLIF.from_config(NeuronConfig()), "dense")
     same = DiscreteLIF.from_config(NeuronConfig(tau_syn=0.02, tau_mem=0.02))
     assert not brian2_engine.uses_events(same, "events")
+    instant = DiscreteLIF.from_config(NeuronConfig(tau_syn=0.0))       # a_syn = 0: a_syn**-k has no value
+    assert instant.a_syn == 0 and not brian2_engine.uses_events(instant, "events")
     with pytest.raises(ValueError, match="events"):
         brian2_engine.uses_events(same, "sparse")
     W, b, pos, _ = two_layer_problem(seed=6, B=2)

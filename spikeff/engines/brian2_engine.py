@@ -14,7 +14,7 @@ the Brian2 clock). Brian2's schedule in one step ``t`` is then:
 ====================  ========================================================================
 slot                  what runs
 ====================  ========================================================================
-``start``             every :data:`FOLD_STEPS` steps (event-driven update, see **The update**):
+``start``             every :func:`fold_steps` steps (event-driven update, see **The update**):
                       the synapses' fold ``dW += P_fold_pre G_mem_post - Q_fold_pre G_syn_post``,
                       then the groups start new sums (``rebase``)
 ``groups``            every layer: ``u = a_syn u + I_in; I_in = 0; v = a_mem v + u + b``
@@ -64,7 +64,7 @@ and in the replay the positive and the negative replay epochs, each with its mod
   benchmark network at batch 64 (``experiments/bench_engines.py``) it took about three fifths of
   the standalone program's CPU time (``perf``).
 - *event-driven* (default), the STDP idiom of Brian2 models: each step's work is per neuron and
-  per presynaptic spike, and every synapse is touched only once per fold of :data:`FOLD_STEPS`
+  per presynaptic spike, and every synapse is touched only once per fold of :func:`fold_steps`
   (``K``) steps. Within a fold starting at step ``n`` (``k = 1 + (t - n)``, 1 ... K), the
   presynaptic trace is the decay of its state at the fold's start plus one kernel
   ``c (a_mem**j - a_syn**j)`` (``c = 1 / (a_mem - a_syn)``, ``j`` steps after the spike) per
@@ -73,12 +73,14 @@ and in the replay the positive and the negative replay epochs, each with its mod
   ``P_fold G_mem - Q_fold G_syn`` (added to every synapse at the fold's end), where the
   presynaptic ``P_fold = e_v + c (a_syn e_u + x_last)`` and ``Q_fold = c (a_syn e_u + x_last)``
   are taken at the fold's start and a spike at place ``k`` adds ``c a_mem**-k`` and
-  ``c a_syn**-k`` to them; the spike's pathway ``spike_update`` takes back from each of its
+  ``c a_syn**-k`` to them; the spike's pathway ``spike_update`` (cpp_standalone: part of
+  the pathway ``pre``, see **Targets**) takes back from each of its
   synapses what the fold's sums hold from before the spike (``c (a_mem**-k G_mem - a_syn**-k
   G_syn)``, the postsynaptic sums at that step). The folds run every ``K`` steps of the clock (so
   a phase may start within one) and once more after each epoch's last step. The factors
-  ``a**-k`` stay at most ``a_syn**-K`` (7.4 at the default decays and K = 10); the tests find
-  both forms within 1e-9 of the vectorized engine (K = 1, 7, 10, 64). The sums divide by ``a_mem - a_syn``: where the decays are closer
+  ``a**-k`` stay at most :data:`FOLD_MAX_FACTOR` (64: at the default decays, ``a_syn = exp(-1/5)``,
+  ``K`` = 20 steps); the tests find both forms within 1e-9 of the vectorized engine (K = 1, 7,
+  10, 20, 64). The sums divide by ``a_mem - a_syn``: where the decays are closer
   than :data:`MIN_DECAY_GAP`, the dense form is used.
 
 **Input: a SpikeGeneratorGroup** (runtime targets). Every input, rate-coded images and event
@@ -112,7 +114,9 @@ input or weight needs a recompilation. The program has two sets of synapses per 
 same pattern and order, of which a run makes one (the connection's condition on the layer's
 ``learn``): with the update ``dW`` and its operation where the layer learns in that run, without
 (``w`` only) where it does not, so that a run without learning does no per-synapse update
-work. ``dW`` and ``db_acc`` add up over the epochs of a run (the update of a call is their sum);
+work. Since the learning synapses exist only in runs that learn, the spike's share of the update
+is part of their pathway ``pre`` (one pass over the spike's synapses, not a second pathway
+``spike_update`` that the runtime targets switch off outside a replay). ``dW`` and ``db_acc`` add up over the epochs of a run (the update of a call is their sum);
 the goodness and spike counts of every epoch but the last are copied (``g_acc_e0``, ...) at its
 end. Each run of the binary makes the synapses and writes every array at its end (Brian2's
 ``brian_end``). The standalone input is a NeuronGroup reading the TimedArray, not a
@@ -127,6 +131,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import math
 import os
 import re
 import shutil
@@ -169,8 +174,14 @@ OPENMP_THREADS = int(os.environ.get("SPIKEFF_BRIAN2_OPENMP_THREADS", str(len(os.
 #: a fold every :data:`FOLD_STEPS` steps plus an event per presynaptic spike) or "dense" (every
 #: synapse adds ``gp_post * e_v_pre`` every step); see **The update**
 LEARNING = os.environ.get("SPIKEFF_BRIAN2_LEARNING", "events")
-#: "events": steps per fold (the largest factor ``a**-k`` in its sums is ``a_syn**-FOLD_STEPS``)
-FOLD_STEPS = int(os.environ.get("SPIKEFF_BRIAN2_FOLD_STEPS", "10"))
+#: "events": steps per fold, or None (default): :func:`fold_steps` picks the longest fold whose
+#: factors ``a**-k`` stay within :data:`FOLD_MAX_FACTOR`
+FOLD_STEPS = int(os.environ["SPIKEFF_BRIAN2_FOLD_STEPS"]) if os.environ.get("SPIKEFF_BRIAN2_FOLD_STEPS") else None
+#: "events": the largest factor ``a**-k`` in a fold's sums (default decays: 20 steps per fold). The
+#: fold's update ``P_fold G_mem - Q_fold G_syn`` takes a difference of terms this much larger than
+#: its parts, so about log10(64) < 2 of float64's 16 digits are at stake; a longer fold touches
+#: every synapse less often
+FOLD_MAX_FACTOR = 64.0
 #: "events" needs ``a_mem - a_syn`` away from 0 (its sums are divided by it); closer: "dense"
 MIN_DECAY_GAP = 0.02
 #: cpp_standalone: parallel compile jobs (Brian2's default ``make -j`` starts one per source file)
@@ -193,7 +204,7 @@ def _goodness_code(goodness: Goodness) -> tuple[str, str]:
     return sub(goodness.expr), sub(goodness.dexpr)
 
 
-#: the event-driven update: k, the step's place in its fold (1 ... FOLD_STEPS), and what a
+#: the event-driven update: k, the step's place in its fold (1 ... K_fold), and what a
 #: presynaptic spike adds to the sums of its group (``P_fold``, ``Q_fold``) and of each of its
 #: synapses (``dW``)
 FOLD_K = "1 + timestep(t, dt) % K_fold"
@@ -201,13 +212,28 @@ PRE_EVENT = [f"P_fold += c_fold*a_mem**(-({FOLD_K}))", f"Q_fold += c_fold*a_syn*
 SYN_EVENT = f"dW -= c_fold*(a_mem**(-({FOLD_K}))*G_mem_post - a_syn**(-({FOLD_K}))*G_syn_post)"
 
 
+def fold_steps(lif: DiscreteLIF) -> int:
+    """Steps per fold of the event-driven update: :data:`FOLD_STEPS` if set, else the largest ``K``
+    with ``a**-K <= FOLD_MAX_FACTOR`` for both decays (at least 1)."""
+    if FOLD_STEPS is not None:
+        if FOLD_STEPS < 1:
+            raise ValueError(f"Brian2 steps per fold must be >= 1, got {FOLD_STEPS} (SPIKEFF_BRIAN2_FOLD_STEPS)")
+        return FOLD_STEPS
+    a = min(lif.a_mem, lif.a_syn)
+    if a <= 0:                                              # (no event-driven update then)
+        return 1
+    rate = -math.log(a)                                     # per step: a**-k = exp(rate k)
+    return max(1, int(math.log(FOLD_MAX_FACTOR) / rate)) if rate > 0 else 1
+
+
 def uses_events(lif: DiscreteLIF, learning: str | None = None) -> bool:
-    """Whether the update is event-driven (:data:`LEARNING`, unless the decays are too close)."""
+    """Whether the update is event-driven (:data:`LEARNING`, unless the decays are too close, or
+    one is 0: ``tau_syn = 0``, where ``a_syn**-k`` has no value)."""
     learning = LEARNING if learning is None else learning
     if learning not in ("events", "dense"):
         raise ValueError(f"Brian2 learning: {learning!r} is not valid; choose 'events' or 'dense' "
                          f"(SPIKEFF_BRIAN2_LEARNING)")
-    return learning == "events" and abs(lif.a_mem - lif.a_syn) >= MIN_DECAY_GAP
+    return learning == "events" and abs(lif.a_mem - lif.a_syn) >= MIN_DECAY_GAP and min(lif.a_mem, lif.a_syn) > 0
 
 
 def layer_model(lif: DiscreteLIF, goodness: Goodness | None, traces: bool = True,
@@ -314,6 +340,7 @@ class _Network:
         self.E = (max(2, min(MAX_EPOCHS_PER_RUN, epochs_per_run)) if EPOCHS_PER_RUN is None
                   else max(1, EPOCHS_PER_RUN)) if self.standalone else 1
         self.events = uses_events(lif)                      # the update's form (see **The update**)
+        self.fold_steps = fold_steps(lif)
         self.flat = None                                    # per layer: index into W.ravel() of each synapse
         self._w_loaded = [None] * self.L                    # runtime: weights now in the Synapses
         self.build_seconds = 0.0
@@ -326,7 +353,7 @@ class _Network:
             from brian2.utils.filelock import FileLock
             if BUILD_DIR:
                 spec = repr((b2.__version__, self.sizes, R, T, lif, goodness.name, goodness.expr,
-                             goodness.dexpr, record, self.E, self.events, FOLD_STEPS, OPENMP_THREADS,
+                             goodness.dexpr, record, self.E, self.events, self.fold_steps, OPENMP_THREADS,
                              b2.prefs.codegen.cpp.extra_compile_args_gcc))
                 self.directory = os.path.join(BUILD_DIR, hashlib.sha256(spec.encode()).hexdigest()[:16])
                 os.makedirs(self.directory, exist_ok=True)
@@ -357,8 +384,8 @@ class _Network:
         M0 = self.sizes[0]
         const = lif.brian2_namespace(mV)
         if self.events:
-            const.update(K_fold=FOLD_STEPS, c_fold=1.0 / (lif.a_mem - lif.a_syn))
-        fold_dt = FOLD_STEPS * dt
+            const.update(K_fold=self.fold_steps, c_fold=1.0 / (lif.a_mem - lif.a_syn))
+        fold_dt = self.fold_steps * dt
         self.stimulus = None        # standalone: a TimedArray (made below), runtime: a SpikeGeneratorGroup
         # standalone: per layer, the modulators of each epoch (row e), set into m at the epoch's start
         self.mod_tables = [b2.TimedArray(np.zeros((E, R * n)), dt=T * dt, name=f"mod{l}")
@@ -414,7 +441,10 @@ class _Network:
             def synapses(model, name, learning=False):
                 on_pre = {"pre": "I_in_post += w"}
                 if learning and self.events:        # a presynaptic spike's share of the update
-                    on_pre["spike_update"] = SYN_EVENT
+                    if self.standalone:             # learning synapses exist only in runs that learn:
+                        on_pre["pre"] += "\n" + SYN_EVENT      # one pathway, one pass over the spikes
+                    else:                           # its own pathway, switched off outside a replay
+                        on_pre["spike_update"] = SYN_EVENT
                 return b2.Synapses(pre, grp, model, on_pre=on_pre,
                                    delay={k: 0 * b2.second for k in on_pre},  # shared, not per synapse
                                    dt=dt, namespace=dict(const, W_table=table), name=name)
@@ -442,11 +472,12 @@ class _Network:
                     setattr(syn, f"{v}_in", b2.linked_var(self.input_traces, v, index="_synaptic_pre"))
             ref = {v: f"{v}_in" if linked else f"{v}_pre" for v in pre_vars}
             if self.events:
-                # the fold: every FOLD_STEPS steps (before the groups start new sums), and after
+                # the fold: every fold_steps steps (before the groups start new sums), and after
                 # the epoch's last step (:meth:`_fold`, after each run())
                 self.folds.append(f"dW + {ref['P_fold']}*G_mem_post - {ref['Q_fold']}*G_syn_post")
                 self.learn_ops.append([syn.run_regularly(f"dW = {self.folds[-1]}", dt=fold_dt, when="start",
-                                                         order=0, name=f"synapses{l}_fold"), syn.spike_update])
+                                                         order=0, name=f"synapses{l}_fold")]
+                                      + ([] if self.standalone else [syn.spike_update]))
             else:
                 # the three-factor update of every synapse, every step (after the groups' update)
                 self.learn_ops.append([syn.run_regularly(f"dW += gp_post*{ref['e_v']}", when="synapses",
