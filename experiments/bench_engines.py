@@ -107,14 +107,25 @@ def main(argv=None):
     g = get_goodness("energy_relu")
     prov = provenance()          # at the start: the intermediate writes below change the output file
     res = {"vectorized": {}, "brian2": {t: {} for t in args.targets}}
-    for B in args.batches:
-        for dtype in ("float32", "float64"):
-            W, src = problem(B, dtype, args.steps, args.sizes)
-            training_step(vectorized.run_phase, W, src, lif, g)                   # warm-up
-            cell = best_of(vectorized.run_phase, W, src, lif, g, args.repeats)
-            cell["seconds_per_sample"] = cell["seconds_per_step"] / B
-            res["vectorized"].setdefault(dtype, {})[str(B)] = cell
-            print("vectorized", dtype, B, res["vectorized"][dtype][str(B)], flush=True)
+
+    def time_vectorized(when):
+        """The vectorized engine's cells, timed before and again after the Brian2 targets: each
+        cell keeps its faster round (the ratios are not flattered by a slow moment of the machine)
+        and records both rounds' times."""
+        for B in args.batches:
+            for dtype in ("float32", "float64"):
+                W, src = problem(B, dtype, args.steps, args.sizes)
+                training_step(vectorized.run_phase, W, src, lif, g)                   # warm-up
+                cell = best_of(vectorized.run_phase, W, src, lif, g, args.repeats)
+                cell["seconds_per_sample"] = cell["seconds_per_step"] / B
+                old = res["vectorized"].setdefault(dtype, {}).get(str(B))
+                rounds = (old["seconds_per_step_by_round"] if old else []) + [cell["seconds_per_step"]]
+                if old is None or cell["seconds_per_step"] < old["seconds_per_step"]:
+                    res["vectorized"][dtype][str(B)] = cell
+                res["vectorized"][dtype][str(B)]["seconds_per_step_by_round"] = rounds
+                print("vectorized", when, dtype, B, cell, flush=True)
+
+    time_vectorized("before")
     skipped = {}
 
     def write(complete):
@@ -136,10 +147,12 @@ def main(argv=None):
                         "the network once (cpp_standalone: code generation and compilation), paid once per "
                         "network; seconds_per_step excludes it. cpu_seconds_per_step: CPU time of the process and its "
                         "children (the standalone binary) in that step; BLAS may use 2 threads in the vectorized "
-                        "engine, Brian2 uses one, so the CPU ratio is the work ratio, the time ratio what a user "
-                        "waits. Times: minimum over "
+                        f"engine, the standalone program {brian2_engine.OPENMP_THREADS} OpenMP threads (which spin "
+                        "while one of them propagates spikes), the runtime targets one; the time ratio is what a "
+                        "user waits. Times: minimum over "
                         f"{args.repeats} (vectorized) / {args.brian2_repeats} (Brian2) steps on a shared 2-core "
-                        "machine (see load_average)."),
+                        "machine (see load_average); the vectorized engine is timed before and again after the "
+                        "Brian2 targets (seconds_per_step_by_round) and its faster round is kept."),
                "time_ratio_brian2_over_vectorized_per_sample": ratios,
                "cpu_time_ratio_brian2_over_vectorized_per_sample": cpu_ratios,
                "skipped": skipped, "results": res,
@@ -170,6 +183,7 @@ def main(argv=None):
                             f"{args.max_step_seconds:g}); larger batches not run")
             del engine
             write(False)
+    time_vectorized("after")
     ratios = write(True)
     print("\n".join(f"{k}: {v:.1f}" for k, v in ratios.items()))
     if skipped:
