@@ -221,12 +221,12 @@ def test_phases_are_run_epochs_of_one_network(target_name, request, monkeypatch)
         assert net.binary_runs == 2 * 2 + 2
 
 
-@pytest.mark.parametrize("learning, fold_steps", [("dense", None), ("events", None), ("events", 10), ("events", 7),
+@pytest.mark.parametrize("learning, fold_steps", [("dense", None), ("events", None), ("events", 20), ("events", 7),
                                                    ("events", 1), ("events", 64)])
 def test_update_forms_agree(learning, fold_steps, monkeypatch):
     """The event-driven update (a fold every ``fold_steps`` steps plus an event per presynaptic
     spike) and the dense one (every synapse, every step) give the vectorized engine's updates. T =
-    30: with 7 (and the default, 20) steps per fold the epochs (phases) start within a fold; with 64
+    30: with 7 (and 20) steps per fold the epochs (phases) start within a fold; with 64
     every epoch's update is all in its last fold, with 1 there is a fold every step."""
     monkeypatch.setattr(brian2_engine, "LEARNING", learning)
     monkeypatch.setattr(brian2_engine, "FOLD_STEPS", fold_steps)
@@ -249,7 +249,7 @@ def test_fold_steps_bound_the_factors(monkeypatch):
         lif = DiscreteLIF.from_config(NeuronConfig(tau_syn=taus[0], tau_mem=taus[1]))
         K, a = brian2_engine.fold_steps(lif), min(lif.a_mem, lif.a_syn)
         assert a ** -K <= brian2_engine.FOLD_MAX_FACTOR and (K == 1 or a ** -(K + 1) > brian2_engine.FOLD_MAX_FACTOR)
-    assert brian2_engine.fold_steps(DiscreteLIF.from_config(NeuronConfig())) == 20    # tau_syn 5 ms, dt 1 ms
+    assert brian2_engine.fold_steps(DiscreteLIF.from_config(NeuronConfig())) == 10    # tau_syn 5 ms, dt 1 ms
     monkeypatch.setattr(brian2_engine, "FOLD_STEPS", 0)
     with pytest.raises(ValueError, match="fold"):
         brian2_engine.fold_steps(DiscreteLIF.from_config(NeuronConfig()))
