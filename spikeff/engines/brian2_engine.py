@@ -116,7 +116,8 @@ same pattern and order, of which a run makes one (the connection's condition on 
 (``w`` only) where it does not, so that a run without learning does no per-synapse update
 work. Since the learning synapses exist only in runs that learn, the spike's share of the update
 is part of their pathway ``pre`` (one pass over the spike's synapses, not a second pathway
-``spike_update`` that the runtime targets switch off outside a replay). ``dW`` and ``db_acc`` add up over the epochs of a run (the update of a call is their sum);
+``spike_update`` that the runtime targets switch off outside a replay). ``dW`` and ``db_acc`` add
+up over the epochs of a run (the update of a call is their sum);
 the goodness and spike counts of every epoch but the last are copied (``g_acc_e0``, ...) at its
 end. Each run of the binary makes the synapses and writes every array at its end (Brian2's
 ``brian_end``). The standalone input is a NeuronGroup reading the TimedArray, not a
@@ -171,7 +172,7 @@ OPENMP_THREADS = int(os.environ.get("SPIKEFF_BRIAN2_OPENMP_THREADS", str(len(os.
                                                                           if hasattr(os, "sched_getaffinity")
                                                                           else os.cpu_count() or 1)))
 #: the update's form: "events" (default where the two decays differ enough: the per-synapse work is
-#: a fold every :data:`FOLD_STEPS` steps plus an event per presynaptic spike) or "dense" (every
+#: a fold every :func:`fold_steps` steps plus an event per presynaptic spike) or "dense" (every
 #: synapse adds ``gp_post * e_v_pre`` every step); see **The update**
 LEARNING = os.environ.get("SPIKEFF_BRIAN2_LEARNING", "events")
 #: "events": steps per fold, or None (default): :func:`fold_steps` picks the longest fold whose
