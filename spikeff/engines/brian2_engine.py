@@ -143,6 +143,7 @@ import numpy as np
 
 from ..goodness import Goodness
 from ..neuron import DiscreteLIF
+from ..runs import usable_cpus
 from .base import PhaseResult
 
 TARGETS = ("numpy", "cython", "cpp_standalone")
@@ -168,9 +169,7 @@ MAX_EPOCHS_PER_RUN = 16
 #: 0: none). Brian2 runs the spike propagation, which adds into postsynaptic variables, on one
 #: thread in spike order, and splits per-neuron and per-synapse loops among the threads, so the
 #: results do not depend on it (``tests/test_brian2.py`` runs with the default)
-OPENMP_THREADS = int(os.environ.get("SPIKEFF_BRIAN2_OPENMP_THREADS", str(len(os.sched_getaffinity(0))
-                                                                          if hasattr(os, "sched_getaffinity")
-                                                                          else os.cpu_count() or 1)))
+OPENMP_THREADS = int(os.environ.get("SPIKEFF_BRIAN2_OPENMP_THREADS") or usable_cpus())
 #: the update's form: "events" (default where the two decays differ enough: the per-synapse work is
 #: a fold every :func:`fold_steps` steps plus an event per presynaptic spike) or "dense" (every
 #: synapse adds ``gp_post * e_v_pre`` every step); see **The update**
@@ -223,10 +222,9 @@ def fold_steps(lif: DiscreteLIF) -> int:
             raise ValueError(f"Brian2 steps per fold must be >= 1, got {FOLD_STEPS} (SPIKEFF_BRIAN2_FOLD_STEPS)")
         return FOLD_STEPS
     a = min(lif.a_mem, lif.a_syn)
-    if a <= 0:                                              # (no event-driven update then)
+    if not 0 < a < 1:                   # a = 0: no event-driven update; a = 1: no decay
         return 1
-    rate = -math.log(a)                                     # per step: a**-k = exp(rate k)
-    return max(1, int(math.log(FOLD_MAX_FACTOR) / rate)) if rate > 0 else 1
+    return max(1, int(math.log(FOLD_MAX_FACTOR) / -math.log(a)))       # a**-K = exp(-K log a)
 
 
 def uses_events(lif: DiscreteLIF, learning: str | None = None) -> bool:
