@@ -24,9 +24,9 @@ and on what else runs on it (the load average is recorded).
 * **spike kernels**: ``W @ x`` for 0/1 spikes ``x`` as a dense float32 GEMM against a sparse
   product (scipy.sparse CSR: the sum of the selected columns) at several densities: the crossover;
 * **switches** (section ``switches``, needs the data set): the gain of each of the engine's speed
-  switches (the fused membrane + goodness pass, leaving out the GEMM rows of silent steps, the
-  parallel random numbers, work buffers reused across calls), each turned off in turn against all
-  on, alternately in this process;
+  switches (the fused membrane + goodness pass, Adam per cached block, leaving out the GEMM rows
+  of silent steps, the parallel random numbers, work buffers reused across calls), each turned
+  off in turn against all on, alternately in this process;
 * **store vs replay** (section ``store``, needs the data set): the recipe trained with the default
   store budget and with ``store_budget_mb = 0``, alternately on the same batches: the gain of
   keeping the first pass, and whether the weights stay bit-identical;
@@ -449,9 +449,10 @@ def bench_store_vs_replay(recipe="models/fashion_mnist.toml", dataset="fashion_m
 
 def _switches():
     """The engine's speed switches (module attributes) and the value that turns each off."""
-    from . import encoding
+    from . import encoding, learning
     from .engines import vectorized
     return {"fused_pass": (vectorized, "FUSED_PASS", False),
+            "blocked_adam": (learning, "FAST_ADAM", False),
             "skip_silent_steps": (vectorized, "SKIP_SILENT_STEPS", False),
             "parallel_random": (encoding, "_MIN_PARALLEL_DRAWS", 1 << 62),
             "reuse_buffers": (vectorized, "REUSE_BUFFERS", False)}

@@ -212,3 +212,62 @@ def test_kept_rows_with_a_step(monkeypatch):
     assert got[True][1] is None and np.any(got[True][0][0] != 0)
     for j in range(2):
         np.testing.assert_array_equal(got[True][0][j], got[False][0][j])
+
+
+class _Sums:
+    """The fields of a learning layer that :func:`vec._accumulate` and :func:`vec._grad_result` use."""
+
+    def __init__(self, N, M, dtype):
+        self.xp, self.np, self.dtype, self.n_chunks = np, True, np.dtype(dtype), 0
+        self.dW = np.full((N, M), np.nan)                   # stale values must not leak
+        self.dW_chunk = np.full((N, M), np.nan, dtype=dtype)
+        self.db = np.zeros(N)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("silent", ["none", "first chunk", "all"])
+@pytest.mark.parametrize("n_chunks", [1, 2, 3])
+def test_update_sums_chunks_as_float64(dtype, silent, n_chunks):
+    """The update of a phase is the float64 sum of its chunks' GEMMs cast to the weights' dtype;
+    with one chunk (with rows) it is that chunk's GEMM itself, without a float64 pass."""
+    rng = np.random.default_rng(5)
+    k, B, N, M = 3, 4, 5, 6
+    acc = _Sums(N, M, dtype)
+    ref = np.zeros((N, M))
+    for c in range(n_chunks):
+        post = rng.normal(size=(k, B, N)).astype(dtype)
+        Ev = rng.normal(size=(k * B, M)).astype(dtype)
+        if silent == "all" or (silent == "first chunk" and c == 0):
+            Ev[:] = 0
+        else:
+            ref += np.matmul(post.reshape(k * B, N).T, Ev)       # the chunk's GEMM in dtype, summed in float64
+        vec._accumulate(acc, post, Ev, k, np.ones(k))
+    dW, db = vec._grad_result(acc)
+    assert dW.dtype == dtype and db.dtype == dtype
+    np.testing.assert_array_equal(dW, ref.astype(dtype))
+    if silent == "all":
+        assert not dW.any()
+    dW2, _ = vec._grad_result(acc)
+    assert dW2 is not dW                                          # new arrays, not the work buffers
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fast_adam_is_the_same_arithmetic(monkeypatch, dtype):
+    """Adam's numpy step per cached block in the engine threads gives the same bits as its
+    array-API form, for arrays smaller and larger than a block and not a multiple of it."""
+    import spikeff.learning as learning
+    monkeypatch.setattr(learning, "ADAM_BLOCK", 1 << 10)
+    rng = np.random.default_rng(6)
+    shapes = [(70, 33), (3000,), (5,)]
+    start = [rng.normal(size=s).astype(dtype) for s in shapes]
+    got = {}
+    for fast in (True, False):
+        monkeypatch.setattr(learning, "FAST_ADAM", fast)
+        params = [p.copy() for p in start]
+        opt = learning.Adam(params, lr=0.003)
+        for i in range(4):
+            opt.step(params, [np.random.default_rng(i).normal(size=s).astype(dtype) * 10.0 ** -i for s in shapes])
+        got[fast] = params + opt.m + opt.v
+    assert not np.array_equal(got[True][0], start[0])
+    for a, b in zip(got[True], got[False]):
+        np.testing.assert_array_equal(a, b)

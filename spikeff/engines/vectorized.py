@@ -33,7 +33,8 @@ results differ from a run without it as they would with another BLAS thread coun
 Learning (``modulators`` given): the exact subthreshold gradient of each layer's goodness,
 ``dG_b/dW = 1/(T N) sum_t g'(v_b[t]) (outer) e_v_b[t]``, weighted by the per-sample FF modulator
 ``m_b`` and summed over the batch: one GEMM ``(N, k*B) @ (k*B, M)`` per chunk (without the rows of
-leading steps whose e_v are all zero: they add exactly nothing). The reset is
+leading steps whose e_v are all zero: they add exactly nothing), the chunks summed in float64 (a
+phase of one chunk, e.g. ``chunk_steps = T``: that GEMM's result itself, the same bits). The reset is
 ignored in the gradient (as e-prop does). Since ``m_b`` needs the goodness of the whole window,
 the update is computed after the phase, in one of two ways that give bit-identical updates:
 
@@ -200,11 +201,13 @@ class _Layer:
         if self.learn:
             scale = np.asarray(to_numpy(modulator), dtype=np.float64) / (T * N)
             self.scale = to_backend(scale.reshape(1, B, 1), xp, self.device, dtype=self.dtype)
-            self.dW = zeros((N, M), f64, name="dW")
             self.db = zeros((N,), f64, name="db")
-            if self.np:
+            if self.np:             # dW: float64 sum of the chunks' dW_chunk, kept lazily (_accumulate)
+                self.dW, self.n_chunks = empty((N, M), f64, name="dW"), 0
                 self.post = empty((K, B, N), name="post")
                 self.dW_chunk = empty((N, M), name="dW_chunk")
+            else:
+                self.dW = zeros((N, M), f64, name="dW")
 
     def input_buffer(self, k):
         """Where the layer below (or the source) writes this chunk's input spikes (numpy), or None."""
@@ -393,8 +396,15 @@ def _accumulate(acc, post, Ev, k, e_b_steps):
         # rows of steps whose traces e_v are all zero add exactly nothing: left out of the GEMM
         z = _silent_steps(Ev.reshape(k, B, -1))
         if z < k:
+            # the float64 sum starts only at a second chunk with rows (from the first chunk's
+            # dW_chunk: exact); one chunk's update is its dW_chunk (_grad_result), the same bits
+            # as 0 + dW_chunk in float64 cast back, without filling and casting the float64 sum
+            if acc.n_chunks == 1:
+                np.copyto(acc.dW, acc.dW_chunk)
             np.matmul(post2[z * B:].T, Ev[z * B:], out=acc.dW_chunk)
-            acc.dW += acc.dW_chunk
+            if acc.n_chunks >= 1:
+                acc.dW += acc.dW_chunk
+            acc.n_chunks += 1
         # over the whole batch at once (not per thread's part): the sum's order, and so its
         # last bits, do not depend on how many threads did the elementwise work
         acc.db += e_b_steps @ post.sum(axis=1, dtype=np.float64)
@@ -402,6 +412,19 @@ def _accumulate(acc, post, Ev, k, e_b_steps):
         acc.dW += astype(post2.T @ Ev, acc.dW.dtype, xp)
         eb = to_backend(e_b_steps, xp, acc.device, dtype=np.float64)
         acc.db += eb @ astype(xp.sum(post, axis=1), acc.db.dtype, xp)
+
+
+def _grad_result(acc):
+    """``(dW, db)`` of a layer's sums (a learning _Layer or an _Accumulator), new arrays in the
+    weights' namespace and dtype (see :func:`_accumulate`)."""
+    db = astype(acc.db, acc.dtype, acc.xp)
+    if not acc.np:
+        return astype(acc.dW, acc.dtype, acc.xp), db
+    if acc.n_chunks == 0:
+        return np.zeros(acc.dW.shape, dtype=acc.dtype), db
+    if acc.n_chunks == 1:
+        return acc.dW_chunk.copy(), db
+    return acc.dW.astype(acc.dtype), db
 
 
 class _Accumulator:
@@ -415,7 +438,7 @@ class _Accumulator:
         f64 = np.float64 if self.np else xp.float64
         self.dtype = like_v.dtype
         if self.np:
-            self.dW = work_buffer(("acc_dW", index), (N, M), f64, zero=True)
+            self.dW, self.n_chunks = work_buffer(("acc_dW", index), (N, M), f64), 0
             self.db = work_buffer(("acc_db", index), (N,), f64, zero=True)
             self.dW_chunk = work_buffer(("dW_chunk", index), (N, M), self.dtype)
         else:
@@ -460,7 +483,7 @@ def grads_from_store(stored: StoredFactors, modulators) -> list:
             else:
                 post = g.dg(V) * scale
             _accumulate(acc, post, xp.reshape(Ev, (k * R, M)), k, e_b_steps)
-        out.append((astype(acc.dW, acc.dtype, xp), astype(acc.db, acc.dtype, xp)))
+        out.append(_grad_result(acc))
     return out
 
 
@@ -520,8 +543,7 @@ def run_phase(weights, biases, lif: DiscreteLIF, goodness: Goodness, source, chu
     result = PhaseResult(goodness=[g.mean(axis=1) for g in neuron_g], neuron_goodness=neuron_g,
                          spike_counts=[to_numpy(layer.counts).astype(np.int64) for layer in layers])
     if any(layer.learn for layer in layers):
-        result.grads = [(astype(layer.dW, layer.dtype, xp), astype(layer.db, layer.dtype, xp))
-                        if layer.learn else None for layer in layers]
+        result.grads = [_grad_result(layer) if layer.learn else None for layer in layers]
     if keep is not None:
         result.stored = StoredFactors([layer.stored for layer in layers], T, len(range(B)[keep]), goodness)
     if record:
