@@ -134,6 +134,7 @@ class FFConfig:
     label_repeat: int = 1              # input channels per class for the label overlay
     label_intensity: float = 1.0
     latency_period: int = 0            # latency code: repeat the pattern every this many steps (0: once)
+    shared_input_noise: bool = False   # training: a batch's phases draw the same input spikes (see FFNetwork.train_batch)
     # [goodness]
     goodness: str = "energy_relu"
     goodness_threshold: float = 1.0
@@ -172,7 +173,7 @@ class FFConfig:
         _check(_is_int(self.latency_period) and self.latency_period >= 0, "latency_period",
                f"must be an integer >= 0 (time steps; 0 = one latency spike per window), got {self.latency_period!r}")
         _check(_is_int(self.seed) and self.seed >= 0, "seed", f"must be an integer >= 0, got {self.seed!r}")
-        for name in ("learn_bias", "readout"):
+        for name in ("learn_bias", "readout", "shared_input_noise"):
             _check(isinstance(getattr(self, name), bool), name,
                    f"must be true or false, got {getattr(self, name)!r}")
         for name in ("weight_init", "max_rate", "label_intensity", "learning_rate", "loss_sharpness",
@@ -238,6 +239,8 @@ class FFConfig:
             d["input_shape"] = list(self.input_shape)
         else:                      # dense-only configs: the same dict (and config hash) as before
             del d["layers"], d["input_shape"]
+        if not self.shared_input_noise:     # off: the same dict (and config hash) as before the field
+            del d["shared_input_noise"]
         return d
 
     @classmethod

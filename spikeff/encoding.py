@@ -72,7 +72,11 @@ class SpikeSource:
 
     ``rows_per_noise``: rows ``k*r .. k*r + r - 1`` share the same random numbers (used so that
     every candidate label of one sample sees the same image spikes during prediction).
+    ``shared_input``: a :class:`SharedInput` (copies = 1) when the source is one phase of a batch
+    whose phases draw the same spikes (set by :meth:`spikeff.network.FFNetwork.train_batch`).
     """
+
+    shared_input = None
 
     def __init__(self, intensities: np.ndarray, encoding: str, n_steps: int, dt: float,
                  max_rate: float, seed, rows_per_noise: int = 1, dtype=np.float32, latency_period: int = 0):
@@ -164,14 +168,54 @@ class ArraySource:
         return self.spikes
 
 
+class SharedInput:
+    """What the phases of one training batch share when they draw the same input spikes
+    (``shared_input_noise``): the first ``columns`` input channels (the image) carry the same spikes
+    in each of the ``copies`` equal parts of a source's batch, and ``currents`` keeps the first
+    layer's current from those channels per chunk (``{(t0, k): (k, rows, N) array}``), so that the
+    next phase of the batch (e.g. positive and negative after the neutral one) reuses it. Valid
+    while the first layer's weights do not change: make one per training batch."""
+
+    def __init__(self, columns: int, copies: int = 1, currents: dict | None = None):
+        self.columns, self.copies = int(columns), int(copies)
+        self.currents = {} if currents is None else currents
+
+    def for_copies(self, copies: int) -> "SharedInput":
+        """The same channels and currents, for a source of ``copies`` parts."""
+        return SharedInput(self.columns, copies, self.currents)
+
+
+def _check_shared(sources, share: SharedInput):
+    """Raise unless the parts really draw the same spikes on the shared channels: rate-coded
+    SpikeSources of one seed, size and dtype, with equal probabilities on those channels."""
+    s0 = sources[0]
+    n = share.columns
+    ok = (len(sources) == share.copies and all(isinstance(s, SpikeSource) for s in sources)
+          and all(s.encoding == "rate" and s.rows_per_noise == 1 and s.shape == s0.shape
+                  and s.n_steps == s0.n_steps and np.dtype(s.dtype) == np.dtype(s0.dtype)
+                  and _same_seed(s.seed, s0.seed) and np.array_equal(s.p[:, :n], s0.p[:, :n])
+                  for s in sources))
+    if not ok or not 0 < n <= s0.shape[1]:
+        raise ValueError(f"shared input: the {len(sources)} parts do not draw the same spikes on "
+                         f"their first {n} channels (need {share.copies} rate-coded sources of one "
+                         "seed and shape with equal intensities there)")
+
+
+def _same_seed(a, b) -> bool:
+    return np.array_equal(np.asarray(a, dtype=object), np.asarray(b, dtype=object))
+
+
 class ConcatSource:
     """Several spike sources of the same length side by side along the batch axis.
 
     Lets independent phases (e.g. FF's positive and negative phase) run as one larger batch: larger
     GEMMs, one pass of the time loop. Each part keeps its own seed, so replays stay exact.
+    ``shared``: a :class:`SharedInput` when the parts are the same spikes on the image channels
+    (checked); they then draw their random numbers once, and the vectorized engine computes the
+    first layer's current and update from those channels once per sample.
     """
 
-    def __init__(self, sources):
+    def __init__(self, sources, shared: SharedInput | None = None):
         self.sources = list(sources)
         steps = {s.n_steps for s in self.sources}
         if len(steps) != 1 or len({s.shape[1] for s in self.sources}) != 1:
@@ -179,6 +223,9 @@ class ConcatSource:
         self.n_steps = steps.pop()
         self.dtype = self.sources[0].dtype
         self.sizes = [s.shape[0] for s in self.sources]
+        if shared is not None:
+            _check_shared(self.sources, shared)
+        self.shared_input = shared
 
     @property
     def shape(self):
@@ -194,13 +241,30 @@ class ConcatSource:
 
     def chunks_into(self, chunk_steps: int, buffer, scratch=None):
         """:meth:`chunks` written into ``buffer(k)`` (see :meth:`SpikeSource.chunks_into`): each
-        part fills its own rows; yields k per chunk."""
+        part fills its own rows; yields k per chunk. Parts of one seed (``shared``) draw their
+        random numbers once: the numbers each would have drawn."""
         bounds = np.concatenate([[0], np.cumsum(self.sizes)])
+        if self.shared_input is not None:
+            yield from self._shared_chunks_into(chunk_steps, buffer, scratch, bounds)
+            return
         parts = [chunks_into(s, chunk_steps, (lambda k, a=a, b=b: buffer(k)[:, a:b]),
                              None if scratch is None else (lambda name, shape, dtype, i=i: scratch((i, name), shape, dtype)))
                  for i, (s, a, b) in enumerate(zip(self.sources, bounds[:-1], bounds[1:]))]
         for ks in zip(*parts):
             yield ks[0]
+
+    def _shared_chunks_into(self, chunk_steps, buffer, scratch, bounds):
+        s0 = self.sources[0]
+        rng = np.random.default_rng(s0.seed)
+        shape = (min(chunk_steps, self.n_steps),) + tuple(s0.shape)
+        noise = np.empty(shape) if scratch is None else scratch("noise", shape, np.float64)
+        for t0 in range(0, self.n_steps, chunk_steps):
+            k = min(chunk_steps, self.n_steps - t0)
+            out = buffer(k)
+            random_fill(rng, noise[:k])
+            for s, a, b in zip(self.sources, bounds[:-1], bounds[1:]):
+                np.less(noise[:k], s.p, out=out[:, a:b])
+            yield k
 
     def all_steps(self) -> np.ndarray:
         return np.concatenate(list(self.chunks(self.n_steps)), axis=0)

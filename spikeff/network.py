@@ -18,7 +18,9 @@ One training step on a batch (see :meth:`FFNetwork.train_batch`):
 The negative labels of step 1 may come from the readout's current beliefs ("readout_hard").
 Phases that need no result of another are simulated side by side as one batch (neutral, positive
 and negative; or positive and negative): each still runs from rest with its own input spikes, the
-GEMMs are larger and the time loop runs once.
+GEMMs are larger and the time loop runs once. With ``shared_input_noise`` the phases of a batch
+draw the same input spikes (only the label channels differ), and the engine computes the first
+layer's current and update from the image once per sample (:class:`spikeff.encoding.SharedInput`).
 """
 from __future__ import annotations
 
@@ -423,6 +425,21 @@ class FFNetwork(EstimatorProtocol):
                 raise FloatingPointError(f"layer {l} weights became non-finite (NaN/inf) during training; "
                                          f"lower learning_rate or weight_init")
 
+    def _shared_input(self, X):
+        """A :class:`spikeff.encoding.SharedInput` for a training batch with ``shared_input_noise``:
+        every phase draws its input spikes from the positive phase's random numbers, so a sample's
+        image spikes are the same in all of them (as every candidate label's in prediction by
+        goodness) and only the label channels differ; the vectorized engine then computes the first
+        layer's current and update from the image once per sample. None when off, for hybrid
+        negatives (other images), for the latency code (no random numbers) and for spike input (its
+        spikes are given)."""
+        c = self.config
+        if (not c.shared_input_noise or c.negatives == "hybrid" or c.encoding != "rate"
+                or getattr(X, "n_steps", None) is not None):
+            return None
+        from .encoding import SharedInput
+        return SharedInput(self.n_features_in_)
+
     def train_phase(self, X, labels, seed, phase: str) -> list:
         """One FF update from a single phase alone: ``phase="positive"`` raises the goodness of
         (X, labels), ``"negative"`` lowers it, with the same local rule and optimizer as
@@ -449,23 +466,29 @@ class FFNetwork(EstimatorProtocol):
         c = self.config
         rng = np.random.default_rng(np.random.SeedSequence(seed + [0]))
         out = {}
-        src_neutral = (self._source(X, np.full(len(X), NEUTRAL), seed + [PHASE_IDS["neutral"]])
+        share = self._shared_input(X)
+        phase_seed = ((lambda phase: seed + [PHASE_IDS["positive"]]) if share is not None
+                      else (lambda phase: seed + [PHASE_IDS[phase]]))
+        src_neutral = (self._source(X, np.full(len(X), NEUTRAL), phase_seed("neutral"))
                        if self.readout_ is not None else None)
         # the phases are separate simulations from rest; those that need no result of another run
         # side by side as one batch (larger GEMMs, one time loop), each with its own input spikes
         neutral_ng = None          # per-neuron goodness of the neutral-label pass: the readout's input
         readout_logits = None
         if src_neutral is not None and c.negatives == "readout_hard":
+            if share is not None:
+                src_neutral.shared_input = share
             neutral = self._run(src_neutral)      # the negatives depend on the readout's view
             _check_finite_goodness(neutral.goodness, "neutral-label phase")
             neutral_ng = neutral.neuron_goodness
             readout_logits = self.readout_.logits(readout_features(neutral_ng))
         y_pos, X_neg, y_neg = self.negative_data(X, y, seed, rng, readout_logits)
-        src_pos = self._source(X, y_pos, seed + [PHASE_IDS["positive"]])
-        src_neg = self._source(X_neg, y_neg, seed + [PHASE_IDS["negative"]])
-        both = ConcatSource([src_pos, src_neg])
+        src_pos = self._source(X, y_pos, phase_seed("positive"))
+        src_neg = self._source(X_neg, y_neg, phase_seed("negative"))
+        both = ConcatSource([src_pos, src_neg], None if share is None else share.for_copies(2))
         with_neutral = src_neutral is not None and neutral_ng is None
-        first = ConcatSource([src_neutral, src_pos, src_neg]) if with_neutral else both
+        first = (ConcatSource([src_neutral, src_pos, src_neg], None if share is None else share.for_copies(3))
+                 if with_neutral else both)
         # store (keep the positive and negative rows' learning factors) or replay, by the budget
         rows = slice(first.shape[0] - both.shape[0], first.shape[0])
         store = self.store_fits(both.shape[0])

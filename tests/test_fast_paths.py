@@ -271,3 +271,78 @@ def test_fast_adam_is_the_same_arithmetic(monkeypatch, dtype):
     assert not np.array_equal(got[True][0], start[0])
     for a, b in zip(got[True], got[False]):
         np.testing.assert_array_equal(a, b)
+
+
+def _shared_phases(rng, copies, B=24, n=40, M=50, T=9, dtype=np.float64):
+    """A neutral-like source and a ConcatSource of ``copies`` parts with the same image (first n
+    channels) and seed but other label channels, and the SharedInput they share."""
+    from spikeff.encoding import SharedInput
+    img = rng.random((B, n))
+    parts = []
+    for c in range(copies + 1):
+        lab = rng.random((B, M - n)) * (rng.random((B, M - n)) < 0.4)
+        parts.append(SpikeSource(np.concatenate([img, lab], axis=1), "rate", T, 1e-3, 700.0,
+                                 seed=[3, 1], dtype=dtype))
+    share = SharedInput(n)
+    first = parts[0]
+    first.shared_input = share
+    return first, ConcatSource(parts[1:], share.for_copies(copies)), share
+
+
+@pytest.mark.parametrize("chunk_steps", [9, 4])
+@pytest.mark.parametrize("copies", [2, 3])
+def test_shared_input_currents_and_updates(chunk_steps, copies):
+    """Phases that draw the same spikes on the image channels (``shared_input_noise``): the same
+    spikes as drawing them per part; the engine's image current once per sample (taken over from
+    the batch's first phase) and its update from the summed factors equal the plain GEMMs to
+    rounding (float64: 1e-12), and store still equals replay bit for bit."""
+    rng = np.random.default_rng(7)
+    lif = DiscreteLIF.from_config(NeuronConfig())
+    g = get_goodness("energy_relu")
+    W = [rng.normal(0, 2.5 / np.sqrt(50), (60, 50)), rng.normal(0, 2.0 / np.sqrt(60), (30, 60))]
+    first, both, share = _shared_phases(rng, copies)
+    spikes = both.all_steps()
+    plain = ConcatSource(both.sources)
+    np.testing.assert_array_equal(spikes, plain.all_steps())          # noise drawn once = drawn per part
+    np.testing.assert_array_equal(_via_buffer(both, chunk_steps, np.float64), spikes)
+    R = first.shape[0]
+    assert spikes[:, :R, :40].sum() > 50
+    for c in range(1, copies):
+        np.testing.assert_array_equal(spikes[:, c * R:(c + 1) * R, :40], spikes[:, :R, :40])
+    assert not np.array_equal(spikes[:, R:2 * R, 40:], spikes[:, :R, 40:])
+    mods = [rng.normal(size=copies * R), rng.normal(size=copies * R)]
+    run_phase(W, [None, None], lif, g, first, chunk_steps)                # fills share.currents
+    assert share.currents
+    ref = run_phase(W, [None, None], lif, g, plain, chunk_steps, record=True)
+    got = run_phase(W, [None, None], lif, g, both, chunk_steps, record=True)
+    for l in range(2):
+        np.testing.assert_array_equal(got.record["spikes"][l], ref.record["spikes"][l])
+        np.testing.assert_allclose(got.record["v"][l], ref.record["v"][l], rtol=1e-12, atol=1e-12)
+    assert got.record["spikes"][1].sum() > 20
+    replay_ref = run_phase(W, [None, None], lif, g, plain, chunk_steps, modulators=mods)
+    replay = run_phase(W, [None, None], lif, g, both, chunk_steps, modulators=mods)
+    kept = run_phase(W, [None, None], lif, g, both, chunk_steps, keep=slice(None))
+    assert kept.stored.share is not None
+    stored = grads_from_store(kept.stored, mods)
+    for l in range(2):
+        np.testing.assert_array_equal(stored[l][0], replay.grads[l][0])
+        np.testing.assert_allclose(replay.grads[l][0], replay_ref.grads[l][0], rtol=1e-10, atol=1e-14)
+    part = run_phase(W, [None, None], lif, g, both, chunk_steps, keep=slice(R, None))
+    assert part.stored.share.copies == copies - 1      # the kept parts still share their image
+    odd = run_phase(W, [None, None], lif, g, both, chunk_steps, keep=slice(1, None))
+    assert odd.stored.share is None                   # not whole parts: the plain update
+
+
+def test_shared_input_is_checked():
+    """A SharedInput is refused for parts that do not draw the same image spikes."""
+    from spikeff.encoding import SharedInput
+    rng = np.random.default_rng(8)
+    X = rng.random((4, 6))
+    same = lambda seed, x=X: SpikeSource(x, "rate", 5, 1e-3, 500.0, seed=seed)
+    ConcatSource([same(1), same(1)], SharedInput(6, 2))
+    with pytest.raises(ValueError, match="same spikes"):
+        ConcatSource([same(1), same(2)], SharedInput(6, 2))
+    with pytest.raises(ValueError, match="same spikes"):
+        ConcatSource([same(1), same(1, X[::-1])], SharedInput(3, 2))
+    with pytest.raises(ValueError, match="same spikes"):
+        ConcatSource([same(1), same(1)], SharedInput(6, 3))

@@ -78,11 +78,13 @@ def test_store_rejects_bad_input():
         FFNetwork(store_budget_mb=-1)
 
 
+@pytest.mark.parametrize("shared", [False, True])
 @pytest.mark.parametrize("negatives", ["readout_hard", "random"])
-def test_training_with_store_equals_replay(small_config, digits, negatives):
-    """Whole training steps (Adam, bias, readout, hard negatives): same weights with either update."""
+def test_training_with_store_equals_replay(small_config, digits, negatives, shared):
+    """Whole training steps (Adam, bias, readout, hard negatives; phases with their own input
+    spikes or the same ones): same weights with either update."""
     X, y = digits.X_train[:64], digits.y_train[:64]
-    cfg = small_config.replace(learn_bias=True, negatives=negatives)
+    cfg = small_config.replace(learn_bias=True, negatives=negatives, shared_input_noise=shared)
     nets = {}
     for budget in (0, 1024):
         net = FFNetwork(cfg, store_budget_mb=budget).initialize(X.shape[1], 10)
@@ -108,3 +110,40 @@ def test_store_budget_decides(monkeypatch):
     monkeypatch.setenv("SPIKEFF_STORE_BUDGET_MB", "lots")
     with pytest.raises(ValueError, match="SPIKEFF_STORE_BUDGET_MB"):
         FFNetwork(cfg).store_budget_mb
+
+
+@pytest.mark.parametrize("negatives", ["readout_hard", "random"])
+def test_shared_input_noise_in_training(small_config, digits, monkeypatch, negatives):
+    """``shared_input_noise``: every phase of a batch sees the same image spikes (only the label
+    channels differ), and the engine's once-per-sample image current and update give the weights
+    of the plain GEMMs on those spikes (float64, two steps: to 1e-9); off, the config and its hash
+    are the same as before the option existed."""
+    import spikeff.engines.vectorized as vec
+    from spikeff.runs import config_hash
+    assert "shared_input_noise" not in small_config.to_dict()
+    assert config_hash(small_config) == config_hash(small_config.replace(shared_input_noise=False))
+    assert config_hash(small_config) != config_hash(small_config.replace(shared_input_noise=True))
+    X, y = digits.X_train[:64], digits.y_train[:64]
+    cfg = small_config.replace(negatives=negatives, shared_input_noise=True)
+    seen, weights = [], {}
+    real = vec.run_phase
+    for plain in (False, True):
+        def engine(W, b, lif, g, source, *a, plain=plain, **kw):
+            seen.append(source.all_steps())
+            if plain:          # the same spikes, without the engine knowing they are shared
+                source = ConcatSource(list(getattr(source, "sources", [source])))
+            return real(W, b, lif, g, source, *a, **kw)
+        net = FFNetwork(cfg).initialize(X.shape[1], 10)
+        monkeypatch.setattr(net, "_engine", lambda: engine)
+        for i in (0, 32):
+            net.train_batch(X[i:i + 32], y[i:i + 32], seed=[0, i])
+        weights[plain] = [w.copy() for w in net.weights_]
+    n = X.shape[1]
+    first = np.concatenate(seen[:2], axis=1) if negatives == "readout_hard" else seen[0]
+    assert first.shape[1] == 3 * 32
+    for p in (1, 2):                   # neutral, positive, negative: the same image spikes
+        np.testing.assert_array_equal(first[:, p * 32:(p + 1) * 32, :n], first[:, :32, :n])
+    assert not np.array_equal(first[:, 32:64, n:], first[:, 64:, n:])
+    for a, b in zip(weights[False], weights[True]):
+        assert not np.array_equal(a, net.weights_[0][:1])
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-9)

@@ -25,6 +25,13 @@ operations in the same order element by element as separate passes (bit-identica
 source writes each chunk's input spikes straight into the first layer's input buffer
 (:func:`spikeff.encoding.chunks_into`).
 
+When the parts of the batch draw the same input spikes on the image channels (``shared_input``
+of the source, a :class:`spikeff.encoding.SharedInput`: ``shared_input_noise``), the first layer's
+current from the image is one GEMM over one part's rows, kept for the batch's next phase (the
+neutral pass's serves the positive and negative rows), plus a GEMM over each row's own (label)
+channels; its update multiplies the image traces once by the parts' summed factors
+(:func:`_shared_currents`, :func:`_shared_update`): the same sums in another order.
+
 Leaving out the silent steps' GEMM rows changes no value mathematically (their products are
 exact zeros); the smaller GEMMs round the other rows' sums differently in the last bit (OpenBLAS's
 blocking depends on the matrix shape: a row's result depends on how many rows the GEMM has), so
@@ -84,6 +91,7 @@ class StoredFactors:
     rows: int
     goodness: Goodness
     consumed: bool = False              # grads_from_store overwrote the kept potentials
+    share: object = None                # the first layer's SharedInput when all rows were kept
 
     @property
     def nbytes(self) -> int:
@@ -160,9 +168,12 @@ class _Layer:
     """Buffers and state of one layer for one phase (O(chunk_steps) memory)."""
 
     def __init__(self, W, bias, lif, goodness, B, K, modulator, T, xp, normalize=False, keep=None,
-                 record=False, index=0):
+                 record=False, index=0, share=None):
         N, M = W.shape
         self.W, self.bias, self.lif, self.goodness, self.xp = W, bias, lif, goodness, xp
+        # the input's first share.columns channels are the same in share.copies parts of the batch
+        # (numpy, first layer): their current and update are computed once per sample (_shared_*)
+        self.share, self.t0 = (share if xp is np and not normalize else None), 0
         self.normalize = normalize
         self.B, self.N, self.M, self.dtype = B, N, M, W.dtype
         self.np = xp is np
@@ -243,8 +254,11 @@ class _Layer:
             z = _silent_steps(E[:k].reshape(k, B, M))
             if z:
                 V[:z] = 0
-            if z < k:
+            if z < k and self.share is not None:
+                _shared_currents(self, E[:k].reshape(k, B, M), V, z, k)
+            elif z < k:
                 np.matmul(E[z:k].reshape((k - z) * B, M), self.W.T, out=V[z:].reshape((k - z) * B, N))
+            self.t0 += k
             self.Z[0] = E[k - 1].reshape(B, M)
             if self.ev:
                 self.Z[1] = E[2 * k - 1].reshape(B, M)
@@ -385,6 +399,61 @@ def _silent_steps(E) -> int:
     return z
 
 
+def _shared_currents(layer, E, V, z, k):
+    """The currents of steps ``z..k-1`` into ``V`` (k, B, N) from the traces ``E`` (k, B, M) when
+    the first ``columns`` input channels are the same in the ``copies`` parts of the batch
+    (``layer.share``, a :class:`spikeff.encoding.SharedInput`): the image's current once per
+    sample (kept in ``share.currents`` for the batch's next phase, or taken from there) plus each
+    row's current from its own channels (the label). The same sums as the one GEMM in another
+    order: equal up to rounding."""
+    share, W = layer.share, layer.W
+    c, n = share.copies, share.columns
+    B, N = V.shape[1], V.shape[2]
+    R = B // c
+    key = (layer.t0, k, W.shape, np.dtype(W.dtype).str)
+    U = share.currents.get(key)
+    if U is None or U[1] is not W:
+        # zeros on the steps before z: their traces are all zero, also in other phases' rows
+        Ui = np.zeros((k, R, N), dtype=W.dtype)
+        A = np.ascontiguousarray(E[z:k, :R, :n]).reshape((k - z) * R, n)
+        np.matmul(A, W[:, :n].T, out=Ui[z:].reshape((k - z) * R, N))
+        share.currents[key] = U = (Ui, W)
+    Vz = V[z:k]
+    if n < W.shape[1]:
+        A = np.ascontiguousarray(E[z:k, :, n:]).reshape((k - z) * B, W.shape[1] - n)
+        np.matmul(A, W[:, n:].T, out=Vz.reshape((k - z) * B, N))
+    else:
+        Vz[...] = 0
+    Vz.reshape(k - z, c, R, N)[...] += U[0][z:k, None]
+
+
+def _kept_share(share, rows: range, B: int):
+    """The SharedInput of the kept ``rows`` of a batch of B rows: whole parts of the batch keep
+    sharing their image channels (e.g. the positive and negative parts of neutral, positive and
+    negative), so the store forms the update as the replay of those parts does; else None."""
+    if share is None or not rows or rows.step != 1:
+        return None
+    R = B // share.copies
+    if rows.start % R or rows.stop % R:
+        return None
+    return share.for_copies(len(rows) // R)
+
+
+def _shared_update(acc, post, Ev, z, k, share):
+    """This chunk's update into ``acc.dW_chunk`` when the first ``share.columns`` input channels
+    are the same in the ``share.copies`` parts of the batch: from the image, the sum of the parts'
+    factors ``post`` times the traces once per sample; from the other channels, per row."""
+    c, n = share.copies, share.columns
+    B, N, M = post.shape[1], post.shape[2], Ev.shape[2]
+    R = B // c
+    P = post[z:k].reshape(k - z, c, R, N).sum(axis=1).reshape((k - z) * R, N)
+    A = np.ascontiguousarray(Ev[z:k, :R, :n]).reshape((k - z) * R, n)
+    acc.dW_chunk[:, :n] = P.T @ A
+    if n < M:
+        A = np.ascontiguousarray(Ev[z:k, :, n:]).reshape((k - z) * B, M - n)
+        acc.dW_chunk[:, n:] = post[z:k].reshape((k - z) * B, N).T @ A
+
+
 def _accumulate(acc, post, Ev, k, e_b_steps):
     """``acc.dW += post^T Ev`` and ``acc.db += e_b . sum_b post`` for one chunk: the one place the
     update is formed, for the replay and for :func:`grads_from_store` (so both are bit-identical).
@@ -401,7 +470,11 @@ def _accumulate(acc, post, Ev, k, e_b_steps):
             # as 0 + dW_chunk in float64 cast back, without filling and casting the float64 sum
             if acc.n_chunks == 1:
                 np.copyto(acc.dW, acc.dW_chunk)
-            np.matmul(post2[z * B:].T, Ev[z * B:], out=acc.dW_chunk)
+            share = getattr(acc, "share", None)
+            if share is not None and share.copies > 1:
+                _shared_update(acc, post, Ev.reshape(k, B, -1), z, k, share)
+            else:
+                np.matmul(post2[z * B:].T, Ev[z * B:], out=acc.dW_chunk)
             if acc.n_chunks >= 1:
                 acc.dW += acc.dW_chunk
             acc.n_chunks += 1
@@ -430,8 +503,9 @@ def _grad_result(acc):
 class _Accumulator:
     """The gradient sums of one layer for :func:`grads_from_store` (same fields as a learning _Layer)."""
 
-    def __init__(self, like_v, like_e, xp, index=0):
+    def __init__(self, like_v, like_e, xp, index=0, share=None):
         self.xp, self.np = xp, xp is np
+        self.share = share if self.np else None
         N, M = like_v.shape[2], like_e.shape[2]
         self.device = None if self.np else device_of(like_v)
         dev = {} if self.np else {"device": self.device}
@@ -465,7 +539,7 @@ def grads_from_store(stored: StoredFactors, modulators) -> list:
             continue
         v0, e0, _ = chunks[0]
         xp = np if isinstance(v0, np.ndarray) else namespace(v0)
-        acc = _Accumulator(v0, e0, xp, index=l)
+        acc = _Accumulator(v0, e0, xp, index=l, share=stored.share if l == 0 else None)
         N, M, R = v0.shape[2], e0.shape[2], stored.rows
         m = np.asarray(to_numpy(m), dtype=np.float64)
         if m.shape != (R,):
@@ -509,8 +583,10 @@ def run_phase(weights, biases, lif: DiscreteLIF, goodness: Goodness, source, chu
     B, T, L = source.shape[0], source.n_steps, len(weights)
     K = min(chunk_steps, T)
     mods = modulators if modulators is not None else [None] * L
+    share = getattr(source, "shared_input", None) if xp is np else None   # see _shared_currents
     layers = [_Layer(W, biases[l], lif, goodness, B, K, mods[l], T, xp, normalize=normalize and l > 0,
-                     keep=keep, record=record, index=l) for l, W in enumerate(weights)]
+                     keep=keep, record=record, index=l, share=share if l == 0 else None)
+              for l, W in enumerate(weights)]
     device = None if xp is np else device_of(weights[0])
     last_out = (work_buffer(("last_out", L), (K, B, weights[-1].shape[0]), weights[-1].dtype)
                 if xp is np else None)
@@ -545,7 +621,9 @@ def run_phase(weights, biases, lif: DiscreteLIF, goodness: Goodness, source, chu
     if any(layer.learn for layer in layers):
         result.grads = [_grad_result(layer) if layer.learn else None for layer in layers]
     if keep is not None:
-        result.stored = StoredFactors([layer.stored for layer in layers], T, len(range(B)[keep]), goodness)
+        rows = range(B)[keep]
+        result.stored = StoredFactors([layer.stored for layer in layers], T, len(rows), goodness,
+                                      share=_kept_share(layers[0].share, rows, B))
     if record:
         result.record = {"input": np.concatenate(rec_in),
                          "spikes": [np.concatenate(s) for s in rec_s],
