@@ -336,8 +336,9 @@ def bench_against(base_dir, recipe="models/fashion_mnist.toml", dataset="fashion
                   steps_per_round=3, log=print, n_inference=2000) -> dict:
     """Training samples/s of the recipe with the spikeff of ``base_dir`` (a checkout of another
     commit, e.g. ``git worktree add /tmp/perf-base a1729a8``) and with this one: two persistent
-    processes, run alternately (round by round) on the same batches and seeds. After each round's
-    training steps, also inference by readout (``predict(X, "readout")``) on the first
+    processes, run alternately (round by round) on the same batches and seeds; each trains the
+    recipe file at the same path in its own tree when there is one (``base_recipe``). After each
+    round's training steps, also inference by readout (``predict(X, "readout")``) on the first
     ``n_inference`` test images with the weights trained so far (0: not measured); both checkouts
     have trained on the same batches, so their predictions are compared too."""
     from .runs import git_commit
@@ -345,12 +346,16 @@ def bench_against(base_dir, recipe="models/fashion_mnist.toml", dataset="fashion
     base = Path(base_dir).resolve()
     if not (base / "spikeff" / "__init__.py").is_file():
         raise FileNotFoundError(f"--against {base_dir}: no spikeff package there (expected {base}/spikeff)")
-    recipe = str(Path(recipe).resolve())
+    recipe = Path(recipe).resolve()
+    # each checkout trains the recipe file of its own tree (the base may not read keys added since)
+    recipes = {"this": recipe, "base": recipe}
+    if recipe.is_relative_to(here) and (base / recipe.relative_to(here)).is_file():
+        recipes["base"] = base / recipe.relative_to(here)
     procs, times = {}, {"base": [], "this": []}
     try:
         for name, root in (("base", base), ("this", here)):
             env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-            procs[name] = subprocess.Popen([sys.executable, "-c", _AGAINST_CHILD, recipe, dataset,
+            procs[name] = subprocess.Popen([sys.executable, "-c", _AGAINST_CHILD, str(recipes[name]), dataset,
                                             str(int(n_inference))],
                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                            env=env, cwd=str(root))
@@ -385,7 +390,8 @@ def bench_against(base_dir, recipe="models/fashion_mnist.toml", dataset="fashion
     from .config import load_config
     B = load_config(recipe).batch_size
     sps = {k: B / float(np.median(v)) for k, v in times.items()}
-    res = {"recipe": str(Path(recipe).relative_to(here)) if Path(recipe).is_relative_to(here) else recipe,
+    res = {"recipe": str(recipe.relative_to(here)) if recipe.is_relative_to(here) else str(recipe),
+           "base_recipe": str(recipes["base"]),
            "dataset": dataset, "batch_size": B, "rounds": rounds, "steps_per_round": steps_per_round,
            "base": {"dir": str(base), "git": git_commit(base), "spikeff_file": files["base"]},
            "this": {"git": git_commit(here), "spikeff_file": files["this"]},
