@@ -335,8 +335,9 @@ for line in sys.stdin:
 def bench_against(base_dir, recipe="models/fashion_mnist.toml", dataset="fashion_mnist", rounds=6,
                   steps_per_round=3, log=print, n_inference=2000) -> dict:
     """Training samples/s of the recipe with the spikeff of ``base_dir`` (a checkout of another
-    commit, e.g. ``git worktree add /tmp/perf-base a1729a8``) and with this one: two persistent
-    processes, run alternately (round by round) on the same batches and seeds; each trains the
+    commit, e.g. ``git worktree add /tmp/perf-base ac39769``, main when issue #14 was filed) and
+    with this one: two persistent processes, run alternately (round by round) on the same batches
+    and seeds; each trains the
     recipe file at the same path in its own tree when there is one (``base_recipe``). After each
     round's training steps, also inference by readout (``predict(X, "readout")``) on the first
     ``n_inference`` test images with the weights trained so far (0: not measured); both checkouts

@@ -320,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: all but store and switches, which need the recipe's data set; '' for none)")
     b.add_argument("--against", default=None, metavar="DIR",
                    help="also time the recipe's training step with the spikeff checkout in DIR (e.g. "
-                        "'git worktree add /tmp/perf-base a1729a8'), alternating with this one")
+                        "'git worktree add /tmp/perf-base ac39769'), alternating with this one")
     b.add_argument("--time-to-accuracy", action="store_true",
                    help="also measure the wall time of the recipe to reach --target validation accuracy")
     b.add_argument("--recipe", default="models/fashion_mnist.toml", help="recipe for --against/--time-to-accuracy")
