@@ -67,6 +67,18 @@ def random_fill(rng, out):
     return out
 
 
+def _noise_chunks(seed, shape, n_steps: int, chunk_steps: int, scratch=None):
+    """Yield ``(k, noise)`` per chunk of steps: the rate code's uniform numbers (k, *shape) from
+    one generator seeded with ``seed``, drawn into one reused buffer (``scratch(name, shape,
+    dtype)``, or a new array) by :func:`random_fill`."""
+    rng = np.random.default_rng(seed)
+    full = (min(chunk_steps, n_steps),) + tuple(shape)
+    noise = np.empty(full) if scratch is None else scratch("noise", full, np.float64)
+    for t0 in range(0, n_steps, chunk_steps):
+        k = min(chunk_steps, n_steps - t0)
+        yield k, random_fill(rng, noise[:k])
+
+
 class SpikeSource:
     """Deterministic spike trains for a batch of intensity vectors.
 
@@ -122,25 +134,21 @@ class SpikeSource:
         input buffer) instead of new arrays; yields k per chunk. The same spikes as :meth:`chunks`
         (the same random numbers, drawn into one reused buffer), without the temporaries.
         ``scratch(name, shape, dtype)``: where to get the random numbers' buffer (default: new)."""
-        rng = np.random.default_rng(self.seed)
         B, M = self.x.shape
         r = self.rows_per_noise
-        noise = None
         if self.encoding == "rate":
-            shape = (min(chunk_steps, self.n_steps), B // r, M)
-            noise = np.empty(shape) if scratch is None else scratch("noise", shape, np.float64)
+            for k, noise in _noise_chunks(self.seed, (B // r, M), self.n_steps, chunk_steps, scratch):
+                out = buffer(k)
+                if r > 1:      # rows k*r .. k*r+r-1 share their random numbers
+                    np.less(noise[:, :, None, :], self.p.reshape(B // r, r, M), out=out.reshape(k, B // r, r, M))
+                else:
+                    np.less(noise, self.p, out=out)
+                yield k
+            return
         for t0 in range(0, self.n_steps, chunk_steps):
             k = min(chunk_steps, self.n_steps - t0)
-            out = buffer(k)
-            if self.encoding == "rate":
-                random_fill(rng, noise[:k])
-                if r > 1:      # rows k*r .. k*r+r-1 share their random numbers
-                    np.less(noise[:k, :, None, :], self.p.reshape(B // r, r, M), out=out.reshape(k, B // r, r, M))
-                else:
-                    np.less(noise[:k], self.p, out=out)
-            else:
-                steps = np.arange(t0, t0 + k)[:, None, None] % self.period
-                np.equal(self.spike_time[None], steps, out=out)
+            steps = np.arange(t0, t0 + k)[:, None, None] % self.period
+            np.equal(self.spike_time[None], steps, out=buffer(k))
             yield k
 
     def all_steps(self) -> np.ndarray:
@@ -255,15 +263,10 @@ class ConcatSource:
 
     def _shared_chunks_into(self, chunk_steps, buffer, scratch, bounds):
         s0 = self.sources[0]
-        rng = np.random.default_rng(s0.seed)
-        shape = (min(chunk_steps, self.n_steps),) + tuple(s0.shape)
-        noise = np.empty(shape) if scratch is None else scratch("noise", shape, np.float64)
-        for t0 in range(0, self.n_steps, chunk_steps):
-            k = min(chunk_steps, self.n_steps - t0)
+        for k, noise in _noise_chunks(s0.seed, s0.shape, self.n_steps, chunk_steps, scratch):
             out = buffer(k)
-            random_fill(rng, noise[:k])
             for s, a, b in zip(self.sources, bounds[:-1], bounds[1:]):
-                np.less(noise[:k], s.p, out=out[:, a:b])
+                np.less(noise, s.p, out=out[:, a:b])
             yield k
 
     def all_steps(self) -> np.ndarray:

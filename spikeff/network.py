@@ -473,6 +473,7 @@ class FFNetwork(EstimatorProtocol):
                        if self.readout_ is not None else None)
         # the phases are separate simulations from rest; those that need no result of another run
         # side by side as one batch (larger GEMMs, one time loop), each with its own input spikes
+        # (or, with shared_input_noise, the same image spikes: phase_seed gives them one seed)
         neutral_ng = None          # per-neuron goodness of the neutral-label pass: the readout's input
         readout_logits = None
         if src_neutral is not None and c.negatives == "readout_hard":

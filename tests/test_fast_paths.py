@@ -218,7 +218,7 @@ class _Sums:
     """The fields of a learning layer that :func:`vec._accumulate` and :func:`vec._grad_result` use."""
 
     def __init__(self, N, M, dtype):
-        self.xp, self.np, self.dtype, self.n_chunks = np, True, np.dtype(dtype), 0
+        self.xp, self.np, self.dtype, self.n_chunks, self.share = np, True, np.dtype(dtype), 0, None
         self.dW = np.full((N, M), np.nan)                   # stale values must not leak
         self.dW_chunk = np.full((N, M), np.nan, dtype=dtype)
         self.db = np.zeros(N)

@@ -410,9 +410,9 @@ def _shared_currents(layer, E, V, z, k):
     c, n = share.copies, share.columns
     B, N = V.shape[1], V.shape[2]
     R = B // c
-    key = (layer.t0, k, W.shape, np.dtype(W.dtype).str)
+    key = (layer.t0, k)
     U = share.currents.get(key)
-    if U is None or U[1] is not W:
+    if U is None or U[1] is not W:             # made from these weights, or made now
         # zeros on the steps before z: their traces are all zero, also in other phases' rows
         Ui = np.zeros((k, R, N), dtype=W.dtype)
         A = np.ascontiguousarray(E[z:k, :R, :n]).reshape((k - z) * R, n)
@@ -470,9 +470,8 @@ def _accumulate(acc, post, Ev, k, e_b_steps):
             # as 0 + dW_chunk in float64 cast back, without filling and casting the float64 sum
             if acc.n_chunks == 1:
                 np.copyto(acc.dW, acc.dW_chunk)
-            share = getattr(acc, "share", None)
-            if share is not None and share.copies > 1:
-                _shared_update(acc, post, Ev.reshape(k, B, -1), z, k, share)
+            if acc.share is not None and acc.share.copies > 1:
+                _shared_update(acc, post, Ev.reshape(k, B, -1), z, k, acc.share)
             else:
                 np.matmul(post2[z * B:].T, Ev[z * B:], out=acc.dW_chunk)
             if acc.n_chunks >= 1:
