@@ -34,7 +34,7 @@ def choices() -> dict:
     :func:`spikeff.goodness.register_goodness` can be named in a config)."""
     return {"encoding": tuple(ENCODINGS), "goodness": tuple(available_goodness()), "loss": tuple(LOSSES),
             "negatives": tuple(NEGATIVES), "optimizer": tuple(OPTIMIZERS), "normalization": NORMALIZATIONS,
-            "lr_schedule": tuple(LR_SCHEDULES), "predict_method": PREDICT_METHODS, "dtype": DTYPES,
+            "lr_schedule": tuple(LR_SCHEDULES), "readout_final_schedule": tuple(LR_SCHEDULES), "predict_method": PREDICT_METHODS, "dtype": DTYPES,
             "engine": tuple(available_engines()), "backend": tuple(BACKENDS),
             "goodness_layers": GOODNESS_LAYERS}
 
@@ -151,6 +151,7 @@ class FFConfig:
     readout: bool = True
     readout_learning_rate: float = 0.01
     readout_final_epochs: int = 0      # after the last epoch, refit the readout on fixed features
+    readout_final_schedule: str = "constant"   # the refit's learning-rate schedule over its epochs (as lr_schedule)
     predict_method: str = "goodness"
     eval_batch_size: int = 256
     seed: int = 0
@@ -241,6 +242,8 @@ class FFConfig:
             del d["layers"], d["input_shape"]
         if not self.shared_input_noise:     # off: the same dict (and config hash) as before the field
             del d["shared_input_noise"]
+        if self.readout_final_schedule == "constant":   # likewise
+            del d["readout_final_schedule"]
         return d
 
     @classmethod

@@ -4,8 +4,11 @@ The label overlay appends ``n_classes * label_repeat`` input channels (Hinton's 
 as extra channels): the channels of the given class get ``label_intensity``, the others 0. The
 *neutral* label (used by the one-pass readout) gives every class ``label_intensity / n_classes``.
 
-Encodings: ``rate`` (Bernoulli spikes, probability ``x * max_rate * dt`` per step) and ``latency``
-(one spike per channel, earlier for brighter input, none for 0). ``latency_period`` (steps; 0 = the
+Encodings: ``rate`` (Bernoulli spikes, probability ``x * max_rate * dt`` per step), ``regular``
+(the same rate without the noise: a channel accumulates ``p = x * max_rate * dt`` per step and
+spikes each time the sum, started at 1/2, crosses an integer, as a non-leaky integrate-and-fire
+neuron driven by a constant current; ``floor(p * T + 1/2)`` spikes, evenly spaced, the same for every
+seed) and ``latency`` (one spike per channel, earlier for brighter input, none for 0). ``latency_period`` (steps; 0 = the
 whole window) repeats the latency pattern every ``latency_period`` steps: a single spike per channel
 in the window is very little drive (on digits the network stays at chance level), a repeated
 pattern (a phase code against a period) keeps the timing code with more spikes.
@@ -18,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 NEUTRAL = -1
-ENCODINGS = ("rate", "latency")         # the codes above (config field ``encoding``)
+ENCODINGS = ("rate", "regular", "latency")         # the codes above (config field ``encoding``)
 
 
 def overlay_labels(X: np.ndarray, labels: np.ndarray, n_classes: int, label_repeat: int = 1,
@@ -125,6 +128,8 @@ class SpikeSource:
                 if self.rows_per_noise > 1:
                     noise = np.repeat(noise, self.rows_per_noise, axis=1)
                 yield (noise < self.p).astype(self.dtype)
+            elif self.encoding == "regular":
+                yield self._regular(t0, k)
             else:
                 steps = np.arange(t0, t0 + k)[:, None, None] % self.period
                 yield (self.spike_time[None] == steps).astype(self.dtype)
@@ -147,9 +152,17 @@ class SpikeSource:
             return
         for t0 in range(0, self.n_steps, chunk_steps):
             k = min(chunk_steps, self.n_steps - t0)
-            steps = np.arange(t0, t0 + k)[:, None, None] % self.period
-            np.equal(self.spike_time[None], steps, out=buffer(k))
+            if self.encoding == "regular":
+                buffer(k)[...] = self._regular(t0, k)
+            else:
+                steps = np.arange(t0, t0 + k)[:, None, None] % self.period
+                np.equal(self.spike_time[None], steps, out=buffer(k))
             yield k
+
+    def _regular(self, t0: int, k: int):
+        """Steps t0 .. t0+k-1 of the regular code: a spike where ``floor(t*p + 1/2)`` steps up."""
+        level = np.floor(np.arange(t0, t0 + k + 1)[:, None, None] * self.p + 0.5)
+        return (level[1:] > level[:-1]).astype(self.dtype)
 
     def all_steps(self) -> np.ndarray:
         """All spikes, shape (n_steps, batch, channels) (for plots and tests; O(T) memory)."""

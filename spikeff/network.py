@@ -328,7 +328,7 @@ class FFNetwork(EstimatorProtocol):
         included (e.g. ``simulate(...).record["input"]``, or spikes another simulator was fed)."""
         self._check_fitted()
         spikes = np.asarray(spikes)
-        n_in = self.weights_[0].shape[1]
+        n_in = self.n_features_in_ + self.n_classes_ * self.config.label_repeat   # image + label channels
         if spikes.ndim != 3 or spikes.shape[2] != n_in:
             raise DataError(f"spikes: must have shape (T, batch, {n_in}), got {spikes.shape}")
         return self._run(ArraySource(spikes, self.dtype), record=record)
@@ -643,7 +643,8 @@ class FFNetwork(EstimatorProtocol):
         self.readout_ = LinearReadout(F.shape[1], self.n_classes_, c.readout_learning_rate)
         rng = np.random.default_rng(np.random.SeedSequence([c.seed, 3]))
         loss = float("nan")
-        for _ in range(epochs):
+        for epoch in range(epochs):
+            self.readout_.opt.lr = c.readout_learning_rate * lr_factor(c.readout_final_schedule, epoch, epochs)
             order = rng.permutation(len(F))
             losses = [self.readout_.step(F[idx], y[idx]) * len(idx)
                       for idx in (order[i:i + batch_size] for i in range(0, len(F), batch_size))]

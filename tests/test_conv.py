@@ -205,6 +205,17 @@ def test_conv_network_trains_saves_and_equals_its_dense_network(conv_net, digits
         np.testing.assert_allclose(a.record["v"][l], d.record["v"][l], atol=1e-10)
 
 
+def test_simulate_spikes_on_a_conv_net_takes_image_and_label_channels(conv_net, digits):
+    X, y = digits.X_test[:3], digits.y_test[:3]
+    ref = conv_net.simulate(X, y, seed=4)
+    assert ref.record["input"].shape[2] == 64 + 10                      # 8x8 image + 10 labels
+    got = conv_net.simulate_spikes(ref.record["input"])
+    for l in range(2):
+        np.testing.assert_array_equal(got.record["spikes"][l], ref.record["spikes"][l])
+    with pytest.raises(ValueError, match=r"\(T, batch, 74\)"):
+        conv_net.simulate_spikes(ref.record["input"][:, :, :-1])
+
+
 def test_brian2_engine_on_a_conv_net(conv_net, digits):
     pytest.importorskip("brian2", reason="brian2 is not installed")
     X, y = digits.X_test[:3], digits.y_test[:3]

@@ -154,3 +154,27 @@ def test_not_fitted_error_is_scikit_learns():
             "print(a, NotFittedError.__module__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "sklearn.exceptions"]
+
+
+def test_readout_refit_schedule(digits, monkeypatch):
+    """``readout_final_schedule``: the refit's learning rate per epoch follows the schedule (cosine:
+    from readout_learning_rate down to 5 % of it); "constant" (default) keeps the config's hash."""
+    from spikeff.readout import LinearReadout
+    from spikeff.runs import config_hash
+    X, y = digits.X_train[:80], digits.y_train[:80]
+    net = FFNetwork(TINY.replace(readout_learning_rate=0.02)).fit(X, y)
+    seen = []
+    step = LinearReadout.step
+    monkeypatch.setattr(LinearReadout, "step", lambda self, F, yy: seen.append(self.opt.lr) or step(self, F, yy))
+    net.fit_readout(X, y, epochs=3, batch_size=80)
+    assert seen == [0.02] * 3
+    seen.clear()
+    cos = FFNetwork(TINY.replace(readout_learning_rate=0.02, readout_final_schedule="cosine")).fit(X, y)
+    seen.clear()                                      # training's online readout steps: constant rate
+    cos.fit_readout(X, y, epochs=3, batch_size=80)
+    np.testing.assert_allclose(seen, [0.02, 0.02 * 0.525, 0.02 * 0.05])
+    assert "readout_final_schedule" not in TINY.to_dict()
+    assert config_hash(TINY) == config_hash(TINY.replace(readout_final_schedule="constant"))
+    assert config_hash(TINY) != config_hash(TINY.replace(readout_final_schedule="cosine"))
+    with pytest.raises(ConfigError, match="readout_final_schedule"):
+        TINY.replace(readout_final_schedule="linear")

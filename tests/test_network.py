@@ -72,7 +72,7 @@ def test_fit_is_deterministic(small_config, digits):
 
 def test_encodings_are_seeded_and_reproducible():
     x = np.random.default_rng(0).random((5, 30))
-    for enc in ("rate", "latency"):
+    for enc in ("rate", "regular", "latency"):
         a = SpikeSource(x, enc, 20, 1e-3, 500.0, seed=[1, 2]).all_steps()
         b = SpikeSource(x, enc, 20, 1e-3, 500.0, seed=[1, 2]).all_steps()
         np.testing.assert_array_equal(a, b)
@@ -90,6 +90,26 @@ def test_rate_code_follows_intensity():
     s = SpikeSource(np.repeat(x, 200, axis=0), "rate", 50, 1e-3, 1000.0, seed=0).all_steps()
     rates = s.mean(axis=(0, 1))
     np.testing.assert_allclose(rates, [0.0, 0.25, 1.0], atol=0.02)
+
+
+def test_regular_code_is_the_rate_without_noise():
+    x = np.array([[0.0, 0.1, 0.25, 0.5, 1.0]])
+    s = SpikeSource(x, "regular", 10, 1e-3, 1000.0, seed=0).all_steps()[:, 0]
+    assert s.sum(axis=0).tolist() == [0, 1, 3, 5, 10]                 # floor(p T + 1/2)
+    assert np.flatnonzero(s[:, 3]).tolist() == [0, 2, 4, 6, 8]         # evenly spaced
+    assert np.flatnonzero(s[:, 2]).tolist() == [1, 5, 9]
+    other = SpikeSource(x, "regular", 10, 1e-3, 1000.0, seed=7)       # no noise: the seed does not matter
+    np.testing.assert_array_equal(other.all_steps()[:, 0], s)
+    buf, out = {}, []
+
+    def buffer(k):
+        buf["a"] = np.zeros((k, 1, 5), np.float32)
+        return buf["a"]
+    for _ in other.chunks_into(3, buffer):                             # the engine's way: the same spikes
+        out.append(buf["a"].copy())
+    np.testing.assert_array_equal(np.concatenate(out)[:, 0], s)
+    long = SpikeSource(np.full((1, 1), 0.3), "regular", 1000, 1e-3, 1000.0, seed=0).all_steps()
+    assert long.sum() == 300                                           # the rate, exactly
 
 
 def test_latency_code_spikes_once_earlier_for_brighter():

@@ -511,7 +511,7 @@ def intensities(draw):
 
 
 @PROPS
-@given(x=intensities(), encoding=st.sampled_from(["rate", "latency"]), T=st.integers(1, 15),
+@given(x=intensities(), encoding=st.sampled_from(["rate", "regular", "latency"]), T=st.integers(1, 15),
        chunk=st.integers(1, 20), seed=st.integers(0, 2**32 - 1))
 def test_spike_source_properties(x, encoding, T, chunk, seed):
     s = SpikeSource(x, encoding, T, 1e-3, 500.0, seed)
@@ -523,6 +523,8 @@ def test_spike_source_properties(x, encoding, T, chunk, seed):
     assert not spikes[:, x == 0].any()                      # no input, no spikes
     if encoding == "latency":
         assert (spikes.sum(axis=0) <= 1).all()
+    if encoding == "regular":                               # floor(p T + 1/2) spikes, p = x * 0.5 here
+        np.testing.assert_array_equal(spikes.sum(axis=0), np.floor(T * x * 0.5 + 0.5))
 
 
 @PROPS
