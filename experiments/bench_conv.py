@@ -180,9 +180,9 @@ def main(argv=None):
     times = {"conv": [], "dense_expansion": []}
     with pinned_threads(threads):
         for _ in range(args.repeats):
-            for name, fn in (("conv", lambda: [conv_phase(net.weights_, [None] * 2, lif, g, src, config.chunk_steps,
+            for name, fn in (("conv", lambda: [conv_phase(net.weights_, [None] * len(geos), lif, g, src, config.chunk_steps,
                                                           modulators=m, geometries=geos) for m in (None, mods)]),
-                             ("dense_expansion", lambda: [dense_phase(Wd, [None] * 2, lif, g, src, config.chunk_steps,
+                             ("dense_expansion", lambda: [dense_phase(Wd, [None] * len(geos), lif, g, src, config.chunk_steps,
                                                                       modulators=m) for m in (None, mods)])):
                 t = time.perf_counter()
                 fn()

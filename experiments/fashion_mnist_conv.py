@@ -4,7 +4,9 @@ Trains on a training subset, holds out a stratified validation split of the trai
 recipe is judged on it), evaluates the test set once at the end, and writes
 results/fashion_mnist_conv.json with validation and test accuracy, time, samples/s, provenance
 and the command. Accuracy is measured with the configured ``predict_method`` only (the readout:
-one pass per sample; "goodness" costs n_classes passes per sample).
+one pass per sample; "goodness" costs n_classes passes per sample). With ``readout_final_epochs``
+the linear readout is refit on the final features after the last epoch (counted in the training
+time; no epoch is started that would leave no time for it within ``--minutes``).
 
     python experiments/fashion_mnist_conv.py --n-train 2000 --n-val 500 --n-test 500 --epochs 1   # smoke run
     python experiments/fashion_mnist_conv.py --n-train 20000 --minutes 60                            # long run

@@ -280,6 +280,13 @@ def test_nir_roundtrip_keeps_the_encoding(trained, tmp_path):
     nx.export_nir(lat, tmp_path / "lat.nir")
     back = nx.import_nir(tmp_path / "lat.nir")
     assert back.config.encoding == "latency" and back.config.latency_period == 4
+    reg = FFNetwork(trained.config.replace(encoding="regular"))
+    reg.initialize(trained.n_features_in_, trained.n_classes_)
+    nx.export_nir(reg, tmp_path / "reg.nir")
+    back = nx.import_nir(tmp_path / "reg.nir")
+    assert back.config.encoding == "regular"
+    X = np.random.default_rng(0).random((2, trained.n_features_in_))
+    np.testing.assert_array_equal(back.simulate(X, seed=1).record["input"], reg.simulate(X, seed=9).record["input"])
 
 
 @needs_nir
