@@ -96,10 +96,9 @@ def main(argv=None):
                 print(f"stopping: another epoch ({dt / 60:.0f} min) would pass the budget of "
                       f"{args.minutes} min", flush=True)
                 break
-        if config.readout_final_epochs and net.readout_ is not None:
-            t0 = time.perf_counter()      # the linear readout refit on the final (fixed) features
-            loss = net.fit_readout(X, y, epochs=config.readout_final_epochs)
-            dt = time.perf_counter() - t0
+        refit = net.final_readout(X, y)      # the linear readout refit on the final (fixed) features
+        if refit is not None:
+            loss, dt = refit
             t_train += dt
             t1 = time.perf_counter()
             val = net.score(X_val, y_val, method=method)

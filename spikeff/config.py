@@ -34,7 +34,8 @@ def choices() -> dict:
     :func:`spikeff.goodness.register_goodness` can be named in a config)."""
     return {"encoding": tuple(ENCODINGS), "goodness": tuple(available_goodness()), "loss": tuple(LOSSES),
             "negatives": tuple(NEGATIVES), "optimizer": tuple(OPTIMIZERS), "normalization": NORMALIZATIONS,
-            "lr_schedule": tuple(LR_SCHEDULES), "readout_final_schedule": tuple(LR_SCHEDULES), "predict_method": PREDICT_METHODS, "dtype": DTYPES,
+            "lr_schedule": tuple(LR_SCHEDULES), "readout_final_schedule": tuple(LR_SCHEDULES),
+            "predict_method": PREDICT_METHODS, "dtype": DTYPES,
             "engine": tuple(available_engines()), "backend": tuple(BACKENDS),
             "goodness_layers": GOODNESS_LAYERS}
 

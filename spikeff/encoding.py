@@ -7,11 +7,12 @@ as extra channels): the channels of the given class get ``label_intensity``, the
 Encodings: ``rate`` (Bernoulli spikes, probability ``x * max_rate * dt`` per step), ``regular``
 (the same rate without the noise: a channel accumulates ``p = x * max_rate * dt`` per step and
 spikes each time the sum, started at 1/2, crosses an integer, as a non-leaky integrate-and-fire
-neuron driven by a constant current; ``floor(p * T + 1/2)`` spikes, evenly spaced, the same for every
-seed) and ``latency`` (one spike per channel, earlier for brighter input, none for 0). ``latency_period`` (steps; 0 = the
-whole window) repeats the latency pattern every ``latency_period`` steps: a single spike per channel
-in the window is very little drive (on digits the network stays at chance level), a repeated
-pattern (a phase code against a period) keeps the timing code with more spikes.
+neuron driven by a constant current; ``floor(p * T + 1/2)`` spikes, evenly spaced, the same for
+every seed) and ``latency`` (one spike per channel, earlier for brighter input, none for 0).
+``latency_period`` (steps; 0 = the whole window) repeats the latency pattern every
+``latency_period`` steps: a single spike per channel in the window is very little drive (on digits
+the network stays at chance level), a repeated pattern (a phase code against a period) keeps the
+timing code with more spikes.
 
 Spike trains are produced chunk by chunk from a seed, so a phase can be replayed with exactly the
 same input spikes (see :mod:`spikeff.engines.vectorized`) without storing them for all T.
@@ -153,16 +154,19 @@ class SpikeSource:
         for t0 in range(0, self.n_steps, chunk_steps):
             k = min(chunk_steps, self.n_steps - t0)
             if self.encoding == "regular":
-                buffer(k)[...] = self._regular(t0, k)
+                self._regular(t0, k, out=buffer(k))
             else:
                 steps = np.arange(t0, t0 + k)[:, None, None] % self.period
                 np.equal(self.spike_time[None], steps, out=buffer(k))
             yield k
 
-    def _regular(self, t0: int, k: int):
-        """Steps t0 .. t0+k-1 of the regular code: a spike where ``floor(t*p + 1/2)`` steps up."""
+    def _regular(self, t0: int, k: int, out=None):
+        """Steps t0 .. t0+k-1 of the regular code: a spike where ``floor(t*p + 1/2)`` steps up
+        (written into ``out`` when given)."""
         level = np.floor(np.arange(t0, t0 + k + 1)[:, None, None] * self.p + 0.5)
-        return (level[1:] > level[:-1]).astype(self.dtype)
+        if out is None:
+            return (level[1:] > level[:-1]).astype(self.dtype)
+        return np.greater(level[1:], level[:-1], out=out)
 
     def all_steps(self) -> np.ndarray:
         """All spikes, shape (n_steps, batch, channels) (for plots and tests; O(T) memory)."""

@@ -154,7 +154,7 @@ class FFNetwork(EstimatorProtocol):
         self.n_features_in_ = int(n_features)
         self.n_classes_ = int(n_classes)
         self._classes = None                            # classes_: 0..n_classes-1 (fit sets y's labels)
-        sizes = [n_features + n_classes * c.label_repeat, *c.hidden_sizes]
+        sizes = [self.n_inputs, *c.hidden_sizes]
         self.weights_, self.biases_ = [], []
         xp, device = get_backend(c.backend)
         shapes = list(zip(sizes[1:], sizes[:-1]))
@@ -258,8 +258,12 @@ class FFNetwork(EstimatorProtocol):
         if not c.layers:
             return None
         from .layers import layer_geometries
-        return layer_geometries(c.layers, c.input_shape or None,
-                                self.n_features_in_ + self.n_classes_ * c.label_repeat)
+        return layer_geometries(c.layers, c.input_shape or None, self.n_inputs)
+
+    @property
+    def n_inputs(self) -> int:
+        """Input channels per sample: the image's features, then ``n_classes * label_repeat`` label channels."""
+        return self.n_features_in_ + self.n_classes_ * self.config.label_repeat
 
     def dense_equivalent(self):
         """(weights, biases) of the equivalent dense network (numpy; conv layers expanded, pooling
@@ -328,7 +332,7 @@ class FFNetwork(EstimatorProtocol):
         included (e.g. ``simulate(...).record["input"]``, or spikes another simulator was fed)."""
         self._check_fitted()
         spikes = np.asarray(spikes)
-        n_in = self.n_features_in_ + self.n_classes_ * self.config.label_repeat   # image + label channels
+        n_in = self.n_inputs
         if spikes.ndim != 3 or spikes.shape[2] != n_in:
             raise DataError(f"spikes: must have shape (T, batch, {n_in}), got {spikes.shape}")
         return self._run(ArraySource(spikes, self.dtype), record=record)
@@ -603,11 +607,9 @@ class FFNetwork(EstimatorProtocol):
         with pinned_threads(self.threads_):
             while self.epochs_done_ < epochs:
                 m = self.train_epoch(X, y, self.epochs_done_, progress=progress, n_epochs=epochs)
-                if (self.epochs_done_ + 1 == epochs and self.readout_ is not None
-                        and self.config.readout_final_epochs):
-                    t0 = time.perf_counter()
-                    m["readout_final_loss"] = self._fit_readout(X, y, self.config.readout_final_epochs)
-                    m["readout_final_seconds"] = time.perf_counter() - t0
+                refit = self._final_readout(X, y) if self.epochs_done_ + 1 == epochs else None
+                if refit is not None:
+                    m["readout_final_loss"], m["readout_final_seconds"] = refit
                 if X_val is not None:
                     t0 = time.perf_counter()
                     try:
@@ -635,6 +637,22 @@ class FFNetwork(EstimatorProtocol):
             raise ValueError("fit_readout needs a network with readout = true")
         X, y = check_X_labels(X, y, self.classes_, self.n_features_in_)
         return self._fit_readout(X, y, epochs, batch_size)
+
+    def final_readout(self, X, y):
+        """The config's readout refit after the last epoch (``readout_final_epochs`` epochs with
+        ``readout_final_schedule``, as :meth:`fit` does it), for training loops of their own.
+        Returns ``(loss, seconds)``, or None when the config asks for no refit."""
+        self._check_fitted()
+        X, y = check_X_labels(X, y, self.classes_, self.n_features_in_)
+        return self._final_readout(X, y)
+
+    def _final_readout(self, X, y):
+        """:meth:`final_readout` on checked ``X`` and class positions ``y``."""
+        if self.readout_ is None or not self.config.readout_final_epochs:
+            return None
+        t0 = time.perf_counter()
+        loss = self._fit_readout(X, y, self.config.readout_final_epochs)
+        return loss, time.perf_counter() - t0
 
     def _fit_readout(self, X, y, epochs: int, batch_size: int = 256) -> float:
         """:meth:`fit_readout` on checked ``X`` and class positions ``y``."""
