@@ -18,6 +18,7 @@ from .goodness import available_goodness
 from .inference import METHODS as PREDICT_METHODS
 from .learning import LOSSES, LR_SCHEDULES, OPTIMIZERS
 from .negatives import NEGATIVES
+from .readout import READOUT_INPUTS
 from .units import parse_quantity
 
 # choices that only the network itself implements (the others come from their modules' registries)
@@ -35,6 +36,7 @@ def choices() -> dict:
     return {"encoding": tuple(ENCODINGS), "goodness": tuple(available_goodness()), "loss": tuple(LOSSES),
             "negatives": tuple(NEGATIVES), "optimizer": tuple(OPTIMIZERS), "normalization": NORMALIZATIONS,
             "lr_schedule": tuple(LR_SCHEDULES), "readout_final_schedule": tuple(LR_SCHEDULES),
+            "readout_input": READOUT_INPUTS,
             "predict_method": PREDICT_METHODS, "dtype": DTYPES,
             "engine": tuple(available_engines()), "backend": tuple(BACKENDS),
             "goodness_layers": GOODNESS_LAYERS}
@@ -153,6 +155,7 @@ class FFConfig:
     readout_learning_rate: float = 0.01
     readout_final_epochs: int = 0      # after the last epoch, refit the readout on fixed features
     readout_final_schedule: str = "constant"   # the refit's learning-rate schedule over its epochs (as lr_schedule)
+    readout_input: str = "goodness"    # or "goodness_and_counts": the spike counts appended (spikeff.readout)
     predict_method: str = "goodness"
     eval_batch_size: int = 256
     seed: int = 0
@@ -245,6 +248,8 @@ class FFConfig:
             del d["shared_input_noise"]
         if self.readout_final_schedule == "constant":   # likewise
             del d["readout_final_schedule"]
+        if self.readout_input == "goodness":            # likewise
+            del d["readout_input"]
         return d
 
     @classmethod

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from .readout import readout_features as _features
-
 METHODS = ("goodness", "readout")
 
 
@@ -37,9 +35,10 @@ def goodness_per_label(net, X, seed: int = 0, engine=None) -> np.ndarray:
 
 
 def readout_features(net, X, seed: int = 0, engine=None) -> np.ndarray:
-    """Unit-normalised per-neuron goodness of every layer with the neutral label (readout input)."""
-    return np.concatenate([_features(net._run(src, engine=engine).neuron_goodness)
-                           for _, src in net.neutral_sources(X, seed)])
+    """The readout's input with the neutral label: unit-normalised per-neuron goodness of every
+    layer (and the spike counts, by ``config.readout_input``: :meth:`FFNetwork._readout_input`)."""
+    runs = (net._run(src, engine=engine) for _, src in net.neutral_sources(X, seed))
+    return np.concatenate([net._readout_input(r.neuron_goodness, r.spike_counts) for r in runs])
 
 
 def predict(net, X, method: str | None = None, engine=None) -> np.ndarray:

@@ -170,7 +170,8 @@ class FFNetwork(EstimatorProtocol):
             self.biases_.append(to_backend(np.zeros(n), xp, device, self.dtype))
         self.optimizers_ = [make_optimizer(c.optimizer, [W, b], c.learning_rate)
                             for W, b in zip(self.weights_, self.biases_)]
-        self.readout_ = (LinearReadout(sum(c.hidden_sizes), n_classes, c.readout_learning_rate)
+        n_features = sum(c.hidden_sizes) * (2 if c.readout_input == "goodness_and_counts" else 1)
+        self.readout_ = (LinearReadout(n_features, n_classes, c.readout_learning_rate)
                          if c.readout else None)
         self.epochs_done_ = 0
         self.history_ = []
@@ -380,8 +381,15 @@ class FFNetwork(EstimatorProtocol):
         return np.ones(L, dtype=bool)
 
     def readout_features(self, X, seed: int = 0) -> np.ndarray:
-        """Unit-normalised per-neuron goodness of every layer with the neutral label (readout input)."""
+        """Unit-normalised per-neuron goodness of every layer with the neutral label (readout input;
+        with ``readout_input = "goodness_and_counts"`` the unit-normalised spike counts follow)."""
         return inference.readout_features(self, X, seed)
+
+    def _readout_input(self, neuron_goodness, spike_counts) -> np.ndarray:
+        """The readout's features from one neutral-label pass's per-layer results, by
+        ``config.readout_input`` (:func:`spikeff.readout.readout_features`)."""
+        counts = spike_counts if self.config.readout_input == "goodness_and_counts" else None
+        return readout_features(neuron_goodness, counts)
 
     # -- prediction ----------------------------------------------------------------------------
     def predict(self, X, method: str | None = None) -> np.ndarray:
@@ -478,20 +486,20 @@ class FFNetwork(EstimatorProtocol):
         # the phases are separate simulations from rest; those that need no result of another run
         # side by side as one batch (larger GEMMs, one time loop), each with its own input spikes
         # (or, with shared_input_noise, the same image spikes: phase_seed gives them one seed)
-        neutral_ng = None          # per-neuron goodness of the neutral-label pass: the readout's input
+        neutral_F = None           # the readout's input, from the neutral-label pass
         readout_logits = None
         if src_neutral is not None and c.negatives == "readout_hard":
             if share is not None:
                 src_neutral.shared_input = share
             neutral = self._run(src_neutral)      # the negatives depend on the readout's view
             _check_finite_goodness(neutral.goodness, "neutral-label phase")
-            neutral_ng = neutral.neuron_goodness
-            readout_logits = self.readout_.logits(readout_features(neutral_ng))
+            neutral_F = self._readout_input(neutral.neuron_goodness, neutral.spike_counts)
+            readout_logits = self.readout_.logits(neutral_F)
         y_pos, X_neg, y_neg = self.negative_data(X, y, seed, rng, readout_logits)
         src_pos = self._source(X, y_pos, phase_seed("positive"))
         src_neg = self._source(X_neg, y_neg, phase_seed("negative"))
         both = ConcatSource([src_pos, src_neg], None if share is None else share.for_copies(2))
-        with_neutral = src_neutral is not None and neutral_ng is None
+        with_neutral = src_neutral is not None and neutral_F is None
         first = (ConcatSource([src_neutral, src_pos, src_neg], None if share is None else share.for_copies(3))
                  if with_neutral else both)
         # store (keep the positive and negative rows' learning factors) or replay, by the budget
@@ -502,9 +510,10 @@ class FFNetwork(EstimatorProtocol):
         g_pos, g_neg = [p[-2] for p in parts], [p[-1] for p in parts]
         if with_neutral:
             _check_finite_goodness([p[0] for p in parts], "neutral-label phase")
-            neutral_ng = [first.split(g)[0] for g in res.neuron_goodness]
-        if neutral_ng is not None:
-            out["readout_loss"] = self.readout_.step(readout_features(neutral_ng), y)
+            neutral_F = self._readout_input([first.split(g)[0] for g in res.neuron_goodness],
+                                            [first.split(n)[0] for n in res.spike_counts])
+        if neutral_F is not None:
+            out["readout_loss"] = self.readout_.step(neutral_F, y)
             if not (np.isfinite(out["readout_loss"]) and np.all(np.isfinite(self.readout_.W))):
                 raise FloatingPointError("readout: loss or weights became non-finite (NaN/inf); "
                                          "lower readout_learning_rate")

@@ -2,7 +2,8 @@
 
 The network is run once with the *neutral* label; each layer's per-neuron goodness vector is
 scaled to unit length (so the readout sees the pattern, not the layer's total goodness) and the
-concatenation feeds a linear softmax classifier. The classifier is a single layer trained with
+concatenation feeds a linear softmax classifier. With ``readout_input = "goodness_and_counts"``
+each layer's spike counts of that pass, scaled to unit length likewise, are appended. The classifier is a single layer trained with
 its own local cross-entropy gradient on these detached features: nothing flows back into the
 spiking layers.
 """
@@ -13,10 +14,15 @@ import numpy as np
 from .learning import Adam
 
 
-def readout_features(neuron_goodness: list, eps: float = 1e-8) -> np.ndarray:
-    """Concatenate the per-layer unit-normalised per-neuron goodness vectors, shape (B, sum N)."""
+READOUT_INPUTS = ("goodness", "goodness_and_counts")
+
+
+def readout_features(neuron_goodness: list, spike_counts: list | None = None, eps: float = 1e-8) -> np.ndarray:
+    """Concatenate the per-layer unit-normalised per-neuron goodness vectors, shape (B, sum N),
+    and then, when ``spike_counts`` is given, the per-layer unit-normalised spike counts
+    (shape (B, 2 sum N))."""
     feats = []
-    for g in neuron_goodness:
+    for g in list(neuron_goodness) + list(spike_counts or []):
         g = np.asarray(g, dtype=np.float64)
         feats.append(g / (np.linalg.norm(g, axis=1, keepdims=True) + eps))
     return np.concatenate(feats, axis=1)

@@ -178,3 +178,38 @@ def test_readout_refit_schedule(digits, monkeypatch):
     assert config_hash(TINY) != config_hash(TINY.replace(readout_final_schedule="cosine"))
     with pytest.raises(ConfigError, match="readout_final_schedule"):
         TINY.replace(readout_final_schedule="linear")
+
+
+def test_readout_input_goodness_and_counts(digits, tmp_path):
+    """``readout_input = "goodness_and_counts"``: the readout sees each layer's unit-normalised
+    goodness, then each layer's unit-normalised spike counts of the same neutral-label pass; it
+    trains, predicts and survives save/load; the default keeps the config's hash."""
+    from spikeff.runs import config_hash
+    X, y = digits.X_train[:80], digits.y_train[:80]
+    cfg = TINY.replace(readout_input="goodness_and_counts", predict_method="readout")
+    net = FFNetwork(cfg).fit(X, y)
+    N = sum(cfg.hidden_sizes)
+    assert net.readout_.W.shape == (2 * N, len(net.classes_))
+    F = net.readout_features(X[:7], seed=3)
+    assert F.shape == (7, 2 * N)
+    # the same pass, by hand: goodness blocks, then count blocks, each of unit length per sample
+    (n, src), = net.neutral_sources(X[:7], 3)
+    res = net._run(src)
+    blocks = list(res.neuron_goodness) + list(res.spike_counts)
+    assert any(np.asarray(c).sum() > 0 for c in res.spike_counts)     # the counts carry something
+    i = 0
+    for b in blocks:
+        b = np.asarray(b, np.float64)
+        np.testing.assert_allclose(F[:, i:i + b.shape[1]], b / (np.linalg.norm(b, axis=1, keepdims=True) + 1e-8))
+        i += b.shape[1]
+    assert i == F.shape[1]
+    pred = net.predict(X)
+    net.save(tmp_path / "m.npz")
+    back = FFNetwork.load(tmp_path / "m.npz")
+    assert back.config.readout_input == "goodness_and_counts"
+    np.testing.assert_array_equal(back.predict(X), pred)
+    assert "readout_input" not in TINY.to_dict()
+    assert config_hash(TINY) == config_hash(TINY.replace(readout_input="goodness"))
+    assert config_hash(TINY) != config_hash(cfg)
+    with pytest.raises(ConfigError, match="readout_input"):
+        TINY.replace(readout_input="counts")
