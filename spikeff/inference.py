@@ -37,8 +37,14 @@ def goodness_per_label(net, X, seed: int = 0, engine=None) -> np.ndarray:
 def readout_features(net, X, seed: int = 0, engine=None) -> np.ndarray:
     """The readout's input with the neutral label: unit-normalised per-neuron goodness of every
     layer (and the spike counts, by ``config.readout_input``: :meth:`FFNetwork._readout_input`)."""
-    runs = (net._run(src, engine=engine) for _, src in net.neutral_sources(X, seed))
-    return np.concatenate([net._readout_input(r.neuron_goodness, r.spike_counts) for r in runs])
+    F, i = None, 0            # filled batch by batch: no second copy of a large feature matrix
+    for n, src in net.neutral_sources(X, seed):
+        r = net._run(src, engine=engine)
+        f = net._readout_input(r.neuron_goodness, r.spike_counts)
+        if F is None:
+            F = np.empty((len(X), f.shape[1]), f.dtype)
+        F[i:i + n], i = f, i + n
+    return F
 
 
 def predict(net, X, method: str | None = None, engine=None) -> np.ndarray:
