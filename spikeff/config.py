@@ -36,7 +36,7 @@ def choices() -> dict:
     return {"encoding": tuple(ENCODINGS), "goodness": tuple(available_goodness()), "loss": tuple(LOSSES),
             "negatives": tuple(NEGATIVES), "optimizer": tuple(OPTIMIZERS), "normalization": NORMALIZATIONS,
             "lr_schedule": tuple(LR_SCHEDULES), "readout_final_schedule": tuple(LR_SCHEDULES),
-            "readout_input": READOUT_INPUTS,
+            "readout_input": tuple(READOUT_INPUTS),
             "predict_method": PREDICT_METHODS, "dtype": DTYPES,
             "engine": tuple(available_engines()), "backend": tuple(BACKENDS),
             "goodness_layers": GOODNESS_LAYERS}

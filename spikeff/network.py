@@ -39,7 +39,7 @@ from .goodness import get_goodness
 from .learning import ff_loss, lr_factor, make_optimizer
 from .negatives import hard_wrong_labels, hybrid_images, random_wrong_labels
 from .neuron import DiscreteLIF
-from .readout import LinearReadout, readout_features
+from .readout import READOUT_INPUTS, LinearReadout, readout_features
 
 PHASE_IDS = {"positive": 1, "negative": 2, "neutral": 3, "eval": 4, "hard": 5}
 
@@ -170,7 +170,7 @@ class FFNetwork(EstimatorProtocol):
             self.biases_.append(to_backend(np.zeros(n), xp, device, self.dtype))
         self.optimizers_ = [make_optimizer(c.optimizer, [W, b], c.learning_rate)
                             for W, b in zip(self.weights_, self.biases_)]
-        n_features = sum(c.hidden_sizes) * (2 if c.readout_input == "goodness_and_counts" else 1)
+        n_features = sum(c.hidden_sizes) * READOUT_INPUTS[c.readout_input]
         self.readout_ = (LinearReadout(n_features, n_classes, c.readout_learning_rate)
                          if c.readout else None)
         self.epochs_done_ = 0

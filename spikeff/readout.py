@@ -3,9 +3,9 @@
 The network is run once with the *neutral* label; each layer's per-neuron goodness vector is
 scaled to unit length (so the readout sees the pattern, not the layer's total goodness) and the
 concatenation feeds a linear softmax classifier. With ``readout_input = "goodness_and_counts"``
-each layer's spike counts of that pass, scaled to unit length likewise, are appended. The classifier is a single layer trained with
-its own local cross-entropy gradient on these detached features: nothing flows back into the
-spiking layers.
+each layer's spike counts of that pass, scaled to unit length likewise, are appended. The
+classifier is a single layer trained with its own local cross-entropy gradient on these detached
+features: nothing flows back into the spiking layers.
 """
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ import numpy as np
 from .learning import Adam
 
 
-READOUT_INPUTS = ("goodness", "goodness_and_counts")
+# the readout inputs (config field ``readout_input``) and how many features each gives per neuron
+READOUT_INPUTS = {"goodness": 1, "goodness_and_counts": 2}
 
 
-def readout_features(neuron_goodness: list, spike_counts: list | None = None, eps: float = 1e-8) -> np.ndarray:
+def readout_features(neuron_goodness: list, spike_counts: list | None = None,
+                     eps: float = 1e-8) -> np.ndarray:
     """Concatenate the per-layer unit-normalised per-neuron goodness vectors, shape (B, sum N),
     and then, when ``spike_counts`` is given, the per-layer unit-normalised spike counts
     (shape (B, 2 sum N))."""
