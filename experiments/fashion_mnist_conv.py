@@ -6,7 +6,8 @@ results/fashion_mnist_conv.json with validation and test accuracy, time, samples
 and the command. Accuracy is measured with the configured ``predict_method`` only (the readout:
 one pass per sample; "goodness" costs n_classes passes per sample). With ``readout_final_epochs``
 the linear readout is refit on the final features after the last epoch (counted in the training
-time; no epoch is started that would leave no time for it within ``--minutes``).
+time; no epoch is started that would leave no time within ``--minutes`` for the refit's pass over
+the training set, estimated from the validation pass; the refit's own epochs are not reserved).
 
     python experiments/fashion_mnist_conv.py --n-train 2000 --n-val 500 --n-test 500 --epochs 1   # smoke run
     python experiments/fashion_mnist_conv.py --n-train 20000 --minutes 60                            # long run
@@ -90,7 +91,7 @@ def main(argv=None):
             write_json(out, result)
             print(f"epoch {epoch + 1}: FF loss {m['ff_loss']} val acc {val:.4f} | {dt:.0f} s, "
                   f"{len(X) / dt:.1f} samples/s", flush=True)
-            # the readout's refit (one neutral pass over the training set) is kept inside the budget
+            # reserve the refit's neutral pass over the training set (not its epochs) inside the budget
             refit = m["val_eval_seconds"] * len(X) / len(X_val) if config.readout_final_epochs else 0.0
             if epoch + 1 < config.epochs and t_train + dt + refit > args.minutes * 60:
                 print(f"stopping: another epoch ({dt / 60:.0f} min) would pass the budget of "
