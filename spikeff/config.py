@@ -156,6 +156,8 @@ class FFConfig:
     readout_final_epochs: int = 0      # after the last epoch, refit the readout on fixed features
     readout_final_schedule: str = "constant"   # the refit's learning-rate schedule over its epochs (as lr_schedule)
     readout_input: str = "goodness"    # or "goodness_and_counts": the spike counts appended (spikeff.readout)
+    readout_mirror: bool = False       # refit also on left-right mirror images; predict from image + mirror
+    train_mirror: bool = False         # FF training: a random half of each batch's images mirrored left-right
     predict_method: str = "goodness"
     eval_batch_size: int = 256
     seed: int = 0
@@ -178,7 +180,7 @@ class FFConfig:
         _check(_is_int(self.latency_period) and self.latency_period >= 0, "latency_period",
                f"must be an integer >= 0 (time steps; 0 = one latency spike per window), got {self.latency_period!r}")
         _check(_is_int(self.seed) and self.seed >= 0, "seed", f"must be an integer >= 0, got {self.seed!r}")
-        for name in ("learn_bias", "readout", "shared_input_noise"):
+        for name in ("learn_bias", "readout", "shared_input_noise", "readout_mirror", "train_mirror"):
             _check(isinstance(getattr(self, name), bool), name,
                    f"must be true or false, got {getattr(self, name)!r}")
         for name in ("weight_init", "max_rate", "label_intensity", "learning_rate", "loss_sharpness",
@@ -196,6 +198,10 @@ class FFConfig:
         _check(self.negatives != "hybrid" or self.predict_method == "readout", "negatives",
                "'hybrid' (unsupervised: no label in either phase) needs predict_method = 'readout' "
                "and readout = true")
+        _check(not self.readout_mirror or (self.readout and self.readout_final_epochs > 0 and self.input_shape),
+               "readout_mirror", "needs readout = true, readout_final_epochs > 0 (the refit learns the "
+               "mirror images) and an image input_shape")
+        _check(not self.train_mirror or self.input_shape, "train_mirror", "needs an image input_shape")
         if isinstance(self.neuron, dict):
             object.__setattr__(self, "neuron", NeuronConfig.from_dict(self.neuron))
         _check(isinstance(self.neuron, NeuronConfig), "neuron",
@@ -250,6 +256,10 @@ class FFConfig:
             del d["readout_final_schedule"]
         if self.readout_input == "goodness":            # likewise
             del d["readout_input"]
+        if not self.readout_mirror:                     # likewise
+            del d["readout_mirror"]
+        if not self.train_mirror:                       # likewise
+            del d["train_mirror"]
         return d
 
     @classmethod

@@ -56,6 +56,18 @@ def check_X(X, n_features: int | None = None) -> np.ndarray:
     return X
 
 
+def mirror_images(X, input_shape) -> np.ndarray:
+    """The images of ``X`` (n_samples, C*H*W intensities) mirrored left to right, for an
+    ``input_shape`` (C, H, W); the same shape as ``X``."""
+    if not isinstance(X, np.ndarray) or X.ndim != 2:
+        raise DataError("mirror images need image intensities of shape (n_samples, n_features), "
+                        f"not {type(X).__name__} (spike input has no left and right)")
+    C, H, W = (int(v) for v in input_shape)
+    if X.shape[1] != C * H * W:
+        raise DataError(f"X: has {X.shape[1]} features, input_shape {[C, H, W]} has {C * H * W}")
+    return np.ascontiguousarray(X.reshape(len(X), C, H, W)[..., ::-1].reshape(len(X), -1))
+
+
 def check_y_shape(X, y):
     """``y`` as a 1-D array with one label per row of ``X`` (any label type), or DataError."""
     try:

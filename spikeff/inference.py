@@ -34,10 +34,11 @@ def goodness_per_label(net, X, seed: int = 0, engine=None) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, C, L))
 
 
-def readout_features(net, X, seed: int = 0, engine=None) -> np.ndarray:
+def readout_features(net, X, seed: int = 0, engine=None, out=None) -> np.ndarray:
     """The readout's input with the neutral label: unit-normalised per-neuron goodness of every
-    layer (and the spike counts, by ``config.readout_input``: :meth:`FFNetwork._readout_input`)."""
-    F, i = None, 0            # filled batch by batch: no second copy of a large feature matrix
+    layer (and the spike counts, by ``config.readout_input``: :meth:`FFNetwork._readout_input`).
+    ``out``: an array of ``len(X)`` rows to fill (e.g. a block of a larger one, of another dtype)."""
+    F, i = out, 0             # filled batch by batch: no second copy of a large feature matrix
     for n, src in net.neutral_sources(X, seed):
         r = net._run(src, engine=engine)
         f = net._readout_input(r.neuron_goodness, r.spike_counts)
@@ -45,6 +46,17 @@ def readout_features(net, X, seed: int = 0, engine=None) -> np.ndarray:
             F = np.empty((len(X), f.shape[1]), f.dtype)
         F[i:i + n], i = f, i + n
     return F
+
+
+def readout_logits(net, X, engine=None) -> np.ndarray:
+    """The linear readout's class scores (n_samples, n_classes). A readout refit on mirror images
+    too (``readout_mirror``) scores an image by the sum of its scores of the image and of the
+    image mirrored left to right (two passes per sample)."""
+    z = net.readout_.logits(readout_features(net, X, engine=engine))
+    if net.readout_.mirror:
+        from .data import mirror_images
+        z = z + net.readout_.logits(readout_features(net, mirror_images(X, net.config.input_shape), engine=engine))
+    return z
 
 
 def predict(net, X, method: str | None = None, engine=None) -> np.ndarray:
@@ -58,5 +70,5 @@ def predict(net, X, method: str | None = None, engine=None) -> np.ndarray:
         net._check_fitted()
         if net.readout_ is None:
             raise ValueError("method='readout' needs a network trained with readout = true")
-        return net.readout_.predict(readout_features(net, X, engine=engine))
+        return np.argmax(readout_logits(net, X, engine=engine), axis=1)
     raise ValueError(f"method: {method!r} is not valid; choose one of {list(METHODS)}")

@@ -31,7 +31,7 @@ import numpy as np
 from .config import FFConfig
 from .estimator import EstimatorProtocol
 from .backend import get_backend, to_backend
-from .data import DataError, check_X, check_X_labels, check_y_shape, fit_classes
+from .data import DataError, check_X, check_X_labels, check_y_shape, fit_classes, mirror_images
 from .encoding import NEUTRAL, ArraySource, ConcatSource, SpikeSource, overlay_labels
 from . import inference
 from .engines import make_engine
@@ -554,8 +554,12 @@ class FFNetwork(EstimatorProtocol):
         acc = {"loss": np.zeros(L), "g_pos": np.zeros(L), "g_neg": np.zeros(L), "readout_loss": 0.0}
         t0 = time.perf_counter()
         for bi, idx in enumerate(it):
+            Xb = X[idx]
+            if c.train_mirror:         # data augmentation: a random half of the images mirrored
+                flip = rng.random(len(idx)) < 0.5
+                Xb[flip] = mirror_images(Xb[flip], c.input_shape)
             try:
-                m = self.train_batch(X[idx], y[idx], seed=[c.seed, 2, epoch, bi])
+                m = self.train_batch(Xb, y[idx], seed=[c.seed, 2, epoch, bi])
             except FloatingPointError as e:
                 raise FloatingPointError(f"epoch {epoch + 1}, batch {bi + 1}/{len(batches)}: {e}") from None
             w = len(idx) / len(X)
@@ -610,6 +614,8 @@ class FFNetwork(EstimatorProtocol):
             X_val, y_val = self._input(X_val), np.asarray(y_val)
             check_X_labels(X_val, y_val, self.classes_, self.n_features_in_)   # fails before training
         epochs = self.config.epochs if epochs is None else epochs
+        if self.config.readout_mirror or self.config.train_mirror:      # fails before training
+            mirror_images(X[:1] if isinstance(X, np.ndarray) else X, self.config.input_shape)
         if val_methods is None:
             val_methods = ((["goodness"] if self.config.negatives != "hybrid" else [])
                            + (["readout"] if self.readout_ is not None else []))
@@ -665,9 +671,20 @@ class FFNetwork(EstimatorProtocol):
 
     def _fit_readout(self, X, y, epochs: int, batch_size: int = 256) -> float:
         """:meth:`fit_readout` on checked ``X`` and class positions ``y``."""
-        F = self.readout_features(X, seed=PHASE_IDS["neutral"])
         c = self.config
+        seed = PHASE_IDS["neutral"]
+        if c.readout_mirror:
+            # the training images and their mirror images; float32 features (the two sets of a large
+            # training set take as much memory as one set in float64)
+            n = len(X)
+            F = np.empty((2 * n, self.readout_.W.shape[0]), np.float32)
+            inference.readout_features(self, X, seed, out=F[:n])
+            inference.readout_features(self, mirror_images(X, c.input_shape), seed, out=F[n:])
+            y = np.concatenate([y, y])
+        else:
+            F = self.readout_features(X, seed=seed)
         self.readout_ = LinearReadout(F.shape[1], self.n_classes_, c.readout_learning_rate)
+        self.readout_.mirror = c.readout_mirror
         rng = np.random.default_rng(np.random.SeedSequence([c.seed, 3]))
         loss = float("nan")
         for epoch in range(epochs):

@@ -41,6 +41,7 @@ class LinearReadout:
         self.W = np.zeros((n_features, n_classes), dtype=dtype)
         self.b = np.zeros(n_classes, dtype=dtype)
         self.opt = Adam([self.W, self.b], lr=lr)
+        self.mirror = False      # refit on mirror images too: predictions sum image and mirror (inference)
 
     def logits(self, F):
         return F @ self.W + self.b

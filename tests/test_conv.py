@@ -503,3 +503,91 @@ def test_goodness_scope_config_errors_and_defaults(tmp_path):
     path.write_text('[network]\ninput_shape = [1, 8, 8]\n\n[[layers]]\nkind = "conv"\nchannels = 2\n'
                     'kernel = 3\npadding = 1\npool = 2\ngoodness_scope = "channel"\n\n[[layers]]\nkind = "dense"\nsize = 20\n')
     assert load_config(path).layers == c.layers
+
+
+def test_readout_mirror_refits_on_mirror_images_and_predicts_from_both(digits, tmp_path, monkeypatch):
+    """``readout_mirror``: the refit learns the features of every training image and of its mirror
+    image (left to right); the readout then scores an image by the sum of its scores of the image
+    and of the mirror; the flag survives save/load; the default keeps the config's hash; bad
+    settings and spike input give clear errors."""
+    from spikeff.data import DataError, mirror_images
+    from spikeff.readout import LinearReadout
+    from spikeff.runs import config_hash
+    X, y = digits.X_train[:96], digits.y_train[:96]
+    img = X.reshape(-1, 8, 8)
+    M = mirror_images(X, (1, 8, 8))
+    np.testing.assert_array_equal(M.reshape(-1, 8, 8)[:, 3, 0], img[:, 3, 7])
+    np.testing.assert_array_equal(mirror_images(M, (1, 8, 8)), X)
+    assert not np.array_equal(M, X)
+    cfg = conv_config(readout_mirror=True, predict_method="readout", readout_final_epochs=2, epochs=1,
+                      n_steps=8)
+    rows = []                      # the feature rows the refit learns from (its readout has mirror set)
+    step = LinearReadout.step
+
+    def recording_step(self, F, labels):
+        if self.mirror:
+            rows.append((np.array(F), np.array(labels)))
+        return step(self, F, labels)
+    net = FFNetwork(cfg)
+    monkeypatch.setattr(LinearReadout, "step", recording_step)
+    net.fit(X, y, n_classes=10)
+    monkeypatch.setattr(LinearReadout, "step", step)
+    assert net.readout_.mirror
+    # the refit's first epoch: the features of the images and of the mirror images (float32), each
+    # once, with their labels
+    n_refit = 2 * len(X)
+    assert sum(len(l) for _, l in rows) == 2 * n_refit              # 2 epochs
+    F_seen = np.concatenate([f for f, _ in rows])[:n_refit]
+    y_seen = np.concatenate([l for _, l in rows])[:n_refit]
+    from spikeff.network import PHASE_IDS
+    seed = PHASE_IDS["neutral"]
+    want = np.concatenate([net.readout_features(X, seed), net.readout_features(M, seed)]).astype(np.float32)
+    order_seen, order_want = np.lexsort(F_seen.T), np.lexsort(want.T)
+    np.testing.assert_array_equal(F_seen[order_seen], want[order_want])
+    np.testing.assert_array_equal(y_seen[order_seen], np.concatenate([y, y])[order_want])
+    # prediction: the sum of the scores of the image and of its mirror
+    Xt = digits.X_test[:30]
+    z = (net.readout_.logits(net.readout_features(Xt))
+         + net.readout_.logits(net.readout_features(mirror_images(Xt, (1, 8, 8)))))
+    pred = net.predict(Xt)
+    np.testing.assert_array_equal(pred, net.classes_[np.argmax(z, axis=1)])
+    assert not np.allclose(z, net.readout_.logits(net.readout_features(Xt)))   # the mirror counts
+    net.save(tmp_path / "m.npz")
+    back = FFNetwork.load(tmp_path / "m.npz")
+    assert back.readout_.mirror and back.config.readout_mirror
+    np.testing.assert_array_equal(back.predict(Xt), pred)
+    assert "readout_mirror" not in conv_config().to_dict()
+    assert config_hash(conv_config()) == config_hash(conv_config(readout_mirror=False))
+    with pytest.raises(ConfigError, match="readout_mirror"):
+        FFConfig(readout_mirror=True, readout_final_epochs=2)              # no image shape
+    with pytest.raises(ConfigError, match="readout_mirror"):
+        conv_config(readout_mirror=True)                                    # no refit
+    with pytest.raises(DataError, match="input_shape"):
+        mirror_images(X[:, :10], (1, 8, 8))
+    with pytest.raises(DataError, match="spike input"):
+        mirror_images(np.zeros((8, 2, 64)), (1, 8, 8))                   # a (T, B, M) spike tensor
+
+
+def test_train_mirror_trains_on_a_random_half_of_each_batch_mirrored(digits):
+    """``train_mirror``: each training batch is the shuffled batch with a random half of its images
+    mirrored left to right (drawn from the epoch's generator after the order): one epoch of one batch
+    equals ``train_batch`` on that batch by hand, and differs from training without mirrors."""
+    from spikeff.data import mirror_images
+    X, y = digits.X_train[:48], digits.y_train[:48]
+    cfg = conv_config(train_mirror=True, epochs=1, batch_size=48, n_steps=8)
+    net = FFNetwork(cfg).fit(X, y, n_classes=10)
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 1, 0]))
+    order = rng.permutation(len(X))
+    flip = rng.random(len(X)) < 0.5
+    assert 0 < flip.sum() < len(X)
+    Xb = X[order].copy()
+    Xb[flip] = mirror_images(Xb[flip], (1, 8, 8))
+    by_hand = FFNetwork(cfg).initialize(X.shape[1], 10)
+    by_hand.train_batch(Xb, y[order], seed=[cfg.seed, 2, 0, 0])
+    plain = FFNetwork(cfg.replace(train_mirror=False)).fit(X, y, n_classes=10)
+    for l in range(2):
+        np.testing.assert_array_equal(net.weights_[l], by_hand.weights_[l])
+        assert np.abs(net.weights_[l] - plain.weights_[l]).max() > 0
+    assert "train_mirror" not in conv_config().to_dict()
+    with pytest.raises(ConfigError, match="train_mirror"):
+        FFConfig(train_mirror=True)
