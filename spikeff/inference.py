@@ -52,10 +52,11 @@ def readout_logits(net, X, engine=None) -> np.ndarray:
     """The linear readout's class scores (n_samples, n_classes). A readout refit on mirror images
     too (``readout_mirror``) scores an image by the sum of its scores of the image and of the
     image mirrored left to right (two passes per sample)."""
-    z = net.readout_.logits(readout_features(net, X, engine=engine))
-    if net.readout_.mirror:
+    readout = net.readout_
+    z = readout.logits(readout_features(net, X, engine=engine))
+    if readout.mirror_shape is not None:
         from .data import mirror_images
-        z = z + net.readout_.logits(readout_features(net, mirror_images(X, net.config.input_shape), engine=engine))
+        z = z + readout.logits(readout_features(net, mirror_images(X, readout.mirror_shape), engine=engine))
     return z
 
 

@@ -88,8 +88,8 @@ def save_network(net, path):
         arrays["readout_opt_t"] = np.array(st["t"])
         for i, a in enumerate(st["m"] + st["v"]):
             arrays[f"readout_opt_{i}"] = a
-        if net.readout_.mirror:            # absent: a readout of the images alone (as before the field)
-            arrays["readout_mirror"] = np.array(True)
+        if net.readout_.mirror_shape is not None:   # absent: a readout of the images alone (as before)
+            arrays["readout_mirror_shape"] = np.array(net.readout_.mirror_shape)
     meta = {"format": FORMAT, "version": FORMAT_VERSION, "config": net.config.to_dict(),
             "n_features_in": net.n_features_in_, "n_classes": net.n_classes_, "classes": _classes_json(net),
             "epochs_done": net.epochs_done_, "history": net.history_,
@@ -173,7 +173,8 @@ def load_network(path):
         n = 2
         net.readout_.opt.load_state_dict(opt_state(net.readout_.opt, lambda i: f"readout_opt_{i}",
                                                    lambda i: f"readout_opt_{i + n}", "readout_opt_t"))
-        net.readout_.mirror = "readout_mirror" in data and bool(data["readout_mirror"])
+        if "readout_mirror_shape" in data:
+            net.readout_.mirror_shape = tuple(int(v) for v in data["readout_mirror_shape"])
     classes = meta.get("classes")            # absent in checkpoints written before classes_: 0..C-1
     if classes is not None:
         if not isinstance(classes, list) or len(classes) != meta["n_classes"]:

@@ -287,7 +287,9 @@ class FFNetwork(EstimatorProtocol):
         if not self.config.has_conv:
             return self
         W, b = self.dense_equivalent()
-        d = FFNetwork(self.config.replace(layers=(), input_shape=(), backend="numpy"))
+        # (the image's mirror, when the readout uses it, is the readout's: readout_.mirror_shape)
+        d = FFNetwork(self.config.replace(layers=(), input_shape=(), backend="numpy", readout_mirror=False,
+                                          train_mirror=False))
         d.n_features_in_, d.n_classes_, d.classes_ = self.n_features_in_, self.n_classes_, self.classes_
         d.weights_, d.biases_ = W, b
         d.readout_, d.epochs_done_, d.history_ = self.readout_, self.epochs_done_, self.history_
@@ -684,7 +686,7 @@ class FFNetwork(EstimatorProtocol):
         else:
             F = self.readout_features(X, seed=seed)
         self.readout_ = LinearReadout(F.shape[1], self.n_classes_, c.readout_learning_rate)
-        self.readout_.mirror = c.readout_mirror
+        self.readout_.mirror_shape = tuple(c.input_shape) if c.readout_mirror else None
         rng = np.random.default_rng(np.random.SeedSequence([c.seed, 3]))
         loss = float("nan")
         for epoch in range(epochs):

@@ -41,7 +41,9 @@ class LinearReadout:
         self.W = np.zeros((n_features, n_classes), dtype=dtype)
         self.b = np.zeros(n_classes, dtype=dtype)
         self.opt = Adam([self.W, self.b], lr=lr)
-        self.mirror = False      # refit on mirror images too: predictions sum image and mirror (inference)
+        # None, or the image shape (C, H, W) of a readout refit on mirror images too (readout_mirror):
+        # it scores an image by the sum of its scores of the image and of the mirror image (inference)
+        self.mirror_shape = None
 
     def logits(self, F):
         return F @ self.W + self.b

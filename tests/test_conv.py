@@ -525,14 +525,14 @@ def test_readout_mirror_refits_on_mirror_images_and_predicts_from_both(digits, t
     step = LinearReadout.step
 
     def recording_step(self, F, labels):
-        if self.mirror:
+        if self.mirror_shape is not None:
             rows.append((np.array(F), np.array(labels)))
         return step(self, F, labels)
     net = FFNetwork(cfg)
     monkeypatch.setattr(LinearReadout, "step", recording_step)
     net.fit(X, y, n_classes=10)
     monkeypatch.setattr(LinearReadout, "step", step)
-    assert net.readout_.mirror
+    assert net.readout_.mirror_shape == (1, 8, 8)
     # the refit's first epoch: the features of the images and of the mirror images (float32), each
     # once, with their labels
     n_refit = 2 * len(X)
@@ -552,9 +552,12 @@ def test_readout_mirror_refits_on_mirror_images_and_predicts_from_both(digits, t
     pred = net.predict(Xt)
     np.testing.assert_array_equal(pred, net.classes_[np.argmax(z, axis=1)])
     assert not np.allclose(z, net.readout_.logits(net.readout_features(Xt)))   # the mirror counts
+    from spikeff.export import lava as lx           # the exported network: the same rule, its engine
+    np.testing.assert_array_equal(net.classes_[lx.predict(net, Xt, "readout", mode="floating_pt", backend="numpy")],
+                                  pred)
     net.save(tmp_path / "m.npz")
     back = FFNetwork.load(tmp_path / "m.npz")
-    assert back.readout_.mirror and back.config.readout_mirror
+    assert back.readout_.mirror_shape == (1, 8, 8) and back.config.readout_mirror
     np.testing.assert_array_equal(back.predict(Xt), pred)
     assert "readout_mirror" not in conv_config().to_dict()
     assert config_hash(conv_config()) == config_hash(conv_config(readout_mirror=False))
