@@ -4,11 +4,12 @@ Trains on a training subset, holds out a stratified validation split of the trai
 recipe is judged on it), evaluates the test set once at the end, and writes
 results/fashion_mnist_conv.json with validation and test accuracy, time, samples/s, provenance
 and the command. Accuracy is measured with the configured ``predict_method`` only (the readout:
-one pass per sample, two with ``readout_mirror``; "goodness" costs n_classes passes per sample). With ``readout_final_epochs``
-the linear readout is refit on the final features after the last epoch (counted in the training
-time; no epoch is started that would leave no time within ``--minutes`` for the refit's pass over
-the training set, estimated from the validation pass (two passes with ``readout_mirror``: the
-training images and their mirror images); the refit's own epochs are not reserved).
+one pass per sample, two with ``readout_mirror``; "goodness" costs n_classes passes per sample).
+With ``readout_final_epochs`` the linear readout is refit on the final features after the last
+epoch (counted in the training time; no epoch is started that would leave no time within
+``--minutes`` for the refit's pass over the training set, estimated from the validation pass (two
+passes with ``readout_mirror``: the training images and their mirror images); the refit's own
+epochs are not reserved).
 
     python experiments/fashion_mnist_conv.py --n-train 2000 --n-val 500 --n-test 500 --epochs 1   # smoke run
     python experiments/fashion_mnist_conv.py --n-train 20000 --minutes 60                            # long run
@@ -96,7 +97,8 @@ def main(argv=None):
             # with readout_mirror the refit passes over the mirror images too (the validation pass
             # during the epochs sees the images only: the online readout has no mirror)
             passes = 2 if config.readout_mirror else 1
-            refit = passes * m["val_eval_seconds"] * len(X) / len(X_val) if config.readout_final_epochs else 0.0
+            refit = (passes * m["val_eval_seconds"] * len(X) / len(X_val)
+                     if config.readout_final_epochs else 0.0)
             if epoch + 1 < config.epochs and t_train + dt + refit > args.minutes * 60:
                 print(f"stopping: another epoch ({dt / 60:.0f} min) would pass the budget of "
                       f"{args.minutes} min", flush=True)

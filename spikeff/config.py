@@ -198,7 +198,9 @@ class FFConfig:
         _check(self.negatives != "hybrid" or self.predict_method == "readout", "negatives",
                "'hybrid' (unsupervised: no label in either phase) needs predict_method = 'readout' "
                "and readout = true")
-        _check(not self.readout_mirror or (self.readout and self.readout_final_epochs > 0 and self.input_shape),
+        _check(not self.readout_mirror
+               or (self.readout and _is_int(self.readout_final_epochs) and self.readout_final_epochs > 0
+                   and bool(self.input_shape)),
                "readout_mirror", "needs readout = true, readout_final_epochs > 0 (the refit learns the "
                "mirror images) and an image input_shape")
         _check(not self.train_mirror or self.input_shape, "train_mirror", "needs an image input_shape")

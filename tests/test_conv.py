@@ -553,8 +553,8 @@ def test_readout_mirror_refits_on_mirror_images_and_predicts_from_both(digits, t
     np.testing.assert_array_equal(pred, net.classes_[np.argmax(z, axis=1)])
     assert not np.allclose(z, net.readout_.logits(net.readout_features(Xt)))   # the mirror counts
     from spikeff.export import lava as lx           # the exported network: the same rule, its engine
-    np.testing.assert_array_equal(net.classes_[lx.predict(net, Xt, "readout", mode="floating_pt", backend="numpy")],
-                                  pred)
+    lava_pred = lx.predict(net, Xt, "readout", mode="floating_pt", backend="numpy")
+    np.testing.assert_array_equal(net.classes_[lava_pred], pred)
     net.save(tmp_path / "m.npz")
     back = FFNetwork.load(tmp_path / "m.npz")
     assert back.readout_.mirror_shape == (1, 8, 8) and back.config.readout_mirror
