@@ -137,7 +137,8 @@ class FFConfig:
     label_repeat: int = 1              # input channels per class for the label overlay
     label_intensity: float = 1.0
     latency_period: int = 0            # latency code: repeat the pattern every this many steps (0: once)
-    shared_input_noise: bool = False   # training: a batch's phases draw the same input spikes (see FFNetwork.train_batch)
+    shared_input_noise: bool = False   # training: a batch's phases draw the same input spikes, and the engines compute
+    #                                    the first layer's image current once per sample (see FFNetwork.train_batch)
     # [goodness]
     goodness: str = "energy_relu"
     goodness_threshold: float = 1.0

@@ -211,19 +211,22 @@ class SharedInput:
 
 
 def _check_shared(sources, share: SharedInput):
-    """Raise unless the parts really draw the same spikes on the shared channels: rate-coded
-    SpikeSources of one seed, size and dtype, with equal probabilities on those channels."""
+    """Raise unless the parts really draw the same spikes on the shared channels: SpikeSources of
+    one size and dtype, with equal probabilities on those channels, rate-coded with one seed or
+    regular-coded (whose spikes depend on the probabilities alone)."""
     s0 = sources[0]
     n = share.columns
     ok = (len(sources) == share.copies and all(isinstance(s, SpikeSource) for s in sources)
-          and all(s.encoding == "rate" and s.rows_per_noise == 1 and s.shape == s0.shape
+          and s0.encoding in ("rate", "regular")
+          and all(s.encoding == s0.encoding and s.rows_per_noise == 1 and s.shape == s0.shape
                   and s.n_steps == s0.n_steps and np.dtype(s.dtype) == np.dtype(s0.dtype)
-                  and _same_seed(s.seed, s0.seed) and np.array_equal(s.p[:, :n], s0.p[:, :n])
+                  and (s.encoding == "regular" or _same_seed(s.seed, s0.seed))
+                  and np.array_equal(s.p[:, :n], s0.p[:, :n])
                   for s in sources))
     if not ok or not 0 < n <= s0.shape[1]:
         raise ValueError(f"shared input: the {len(sources)} parts do not draw the same spikes on "
-                         f"their first {n} channels (need {share.copies} rate-coded sources of one "
-                         "seed and shape with equal intensities there)")
+                         f"their first {n} channels (need {share.copies} sources of one shape with equal "
+                         "intensities there, rate-coded with one seed or regular-coded)")
 
 
 def _same_seed(a, b) -> bool:
@@ -269,7 +272,7 @@ class ConcatSource:
         part fills its own rows; yields k per chunk. Parts of one seed (``shared``) draw their
         random numbers once: the numbers each would have drawn."""
         bounds = np.concatenate([[0], np.cumsum(self.sizes)])
-        if self.shared_input is not None:
+        if self.shared_input is not None and self.sources[0].encoding == "rate":
             yield from self._shared_chunks_into(chunk_steps, buffer, scratch, bounds)
             return
         parts = [chunks_into(s, chunk_steps, (lambda k, a=a, b=b: buffer(k)[:, a:b]),

@@ -443,12 +443,13 @@ class FFNetwork(EstimatorProtocol):
         """A :class:`spikeff.encoding.SharedInput` for a training batch with ``shared_input_noise``:
         every phase draws its input spikes from the positive phase's random numbers, so a sample's
         image spikes are the same in all of them (as every candidate label's in prediction by
-        goodness) and only the label channels differ; the vectorized engine then computes the first
-        layer's current and update from the image once per sample. None when off, for hybrid
-        negatives (other images), for the latency code (no random numbers) and for spike input (its
-        spikes are given)."""
+        goodness) and only the label channels differ; the vectorized and conv engines then compute
+        the first layer's current and update from the image once per sample. With the regular code
+        (no random numbers: a sample's image spikes are the same in every phase anyway) the option
+        changes only that computation. None when off, for hybrid negatives (other images), for the
+        latency code and for spike input (its spikes are given)."""
         c = self.config
-        if (not c.shared_input_noise or c.negatives == "hybrid" or c.encoding != "rate"
+        if (not c.shared_input_noise or c.negatives == "hybrid" or c.encoding not in ("rate", "regular")
                 or getattr(X, "n_steps", None) is not None):
             return None
         from .encoding import SharedInput
@@ -691,10 +692,7 @@ class FFNetwork(EstimatorProtocol):
         loss = float("nan")
         for epoch in range(epochs):
             self.readout_.opt.lr = c.readout_learning_rate * lr_factor(c.readout_final_schedule, epoch, epochs)
-            order = rng.permutation(len(F))
-            losses = [self.readout_.step(F[idx], y[idx]) * len(idx)
-                      for idx in (order[i:i + batch_size] for i in range(0, len(F), batch_size))]
-            loss = float(np.sum(losses) / len(F))
+            loss = self.readout_.fit_epoch(F, y, rng.permutation(len(F)), batch_size)
         return loss
 
     # -- persistence ---------------------------------------------------------------------------

@@ -597,3 +597,97 @@ def test_train_mirror_trains_on_a_random_half_of_each_batch_mirrored(digits):
     assert "train_mirror" not in conv_config().to_dict()
     with pytest.raises(ConfigError, match="train_mirror"):
         FFConfig(train_mirror=True)
+
+
+@pytest.mark.parametrize("encoding", ["rate", "regular"])
+@pytest.mark.parametrize("copies", [2, 3])
+def test_conv_shared_input_currents_and_updates(encoding, copies, monkeypatch):
+    """Phases with the same image spikes (``shared_input_noise``; the regular code's spikes depend on
+    the image alone, whatever the seed): the first conv layer's image current is computed once per
+    sample, in the batch's first phase, and taken over by the next; with each row's label maps'
+    current it equals the plain computation to rounding (float64: 1e-12), as does the kernel update
+    from the parts' summed factors; store equals replay bit for bit; kept whole parts still share."""
+    import spikeff.engines.conv as conv
+    from spikeff.encoding import ConcatSource, SharedInput
+    from spikeff.engines.conv import grads_from_store
+    rng = np.random.default_rng(11)
+    geos, W, b = small_net(rng, scale=1.2)
+    n, G = geos[0].n_in - geos[0].n_global, geos[0].n_global
+    R, T = 5, 11
+    img = rng.random((R, n))
+    parts = [SpikeSource(np.concatenate([img, np.eye(G)[rng.integers(0, G, R)]], axis=1), encoding, T, 1e-3,
+                         500.0, seed=[4, c if encoding == "regular" else 1], dtype=np.float64)
+             for c in range(copies + 1)]
+    share = SharedInput(n)
+    first = parts[0]
+    first.shared_input = share
+    both, plain = ConcatSource(parts[1:], share.for_copies(copies)), ConcatSource(parts[1:])
+    image_rows = []                     # rows of the first layer's image currents computed
+    real = conv.conv_currents_np
+
+    def counted(X, Wl, geo, out, max_elements, labels=True):
+        if geo is geos[0]:
+            image_rows.append(len(X))
+        return real(X, Wl, geo, out, max_elements, labels)
+    monkeypatch.setattr(conv, "conv_currents_np", counted)
+    lif, g = DiscreteLIF.from_config(NeuronConfig()), get_goodness("energy_relu")
+    run = (lambda src, **kw: conv_run_phase(W, b, lif, g, src, 4, geometries=geos, **kw))
+    run(first)
+    assert share.currents and sum(image_rows) == T * R          # once per sample and step
+    ref = run(plain, record=True)
+    assert sum(image_rows) == T * R + T * copies * R            # the plain run: every row
+    got = run(both, record=True)
+    assert sum(image_rows) == T * R + T * copies * R            # taken over from the first phase
+    np.testing.assert_array_equal(got.record["input"], ref.record["input"])
+    spikes = ref.record["input"]
+    assert not np.array_equal(spikes[:, R:2 * R, n:], spikes[:, :R, n:])     # other labels
+    for l in range(3):
+        np.testing.assert_array_equal(got.record["spikes"][l], ref.record["spikes"][l])
+        np.testing.assert_allclose(got.record["v"][l], ref.record["v"][l], rtol=1e-12, atol=1e-12)
+        assert got.spike_counts[l].sum() > 20
+    mods = [rng.normal(size=copies * R) for _ in geos]
+    replay_ref = run(plain, modulators=mods)
+    replay = run(both, modulators=mods)
+    kept = run(both, keep=slice(None))
+    assert kept.stored.share is not None and kept.stored.share.copies == copies
+    stored = grads_from_store(kept.stored, mods)
+    for l in range(3):
+        for i in range(2):
+            np.testing.assert_array_equal(stored[l][i], replay.grads[l][i])
+            np.testing.assert_allclose(replay.grads[l][i], replay_ref.grads[l][i], rtol=1e-10, atol=1e-13)
+        assert np.abs(replay.grads[l][0]).max() > 1e-3
+    assert run(both, keep=slice(R, None)).stored.share.copies == copies - 1
+    assert run(both, keep=slice(1, None)).stored.share is None
+
+
+@pytest.mark.parametrize("encoding", ["rate", "regular"])
+def test_conv_training_with_shared_input_equals_the_plain_engine(digits, monkeypatch, encoding):
+    """``shared_input_noise`` on a conv net (readout_hard: neutral, positive and negative phases of a
+    batch): the image spikes are the same in every phase, and the weights after two steps equal
+    those of the engine running the same spikes without knowing they are shared (float64, 1e-9)."""
+    import spikeff.engines.conv as conv
+    from spikeff.encoding import ConcatSource
+    X, y = digits.X_train[:64], digits.y_train[:64]
+    cfg = conv_config(encoding=encoding, negatives="readout_hard", readout=True, shared_input_noise=True)
+    weights, seen = {}, []
+    real = conv.run_phase
+    for plain in (False, True):
+        def engine(W, b, lif, g, source, *a, plain=plain, **kw):
+            seen.append(source.all_steps())
+            if plain:
+                source = ConcatSource(list(getattr(source, "sources", [source])))
+            return real(W, b, lif, g, source, *a, **kw)
+        monkeypatch.setattr(conv, "run_phase", engine)
+        net = FFNetwork(cfg).initialize(X.shape[1], 10)
+        start = [w.copy() for w in net.weights_]
+        for i in (0, 32):
+            net.train_batch(X[i:i + 32], y[i:i + 32], seed=[0, i])
+        weights[plain] = [w.copy() for w in net.weights_]
+    first = np.concatenate(seen[:2], axis=1)            # neutral, then positive and negative
+    assert first.shape[1] == 3 * 32
+    for p in (1, 2):
+        np.testing.assert_array_equal(first[:, p * 32:(p + 1) * 32, :64], first[:, :32, :64])
+    assert not np.array_equal(first[:, 32:64, 64:], first[:, 64:, 64:])
+    for a, b, w0 in zip(weights[False], weights[True], start):
+        assert np.abs(a - w0).max() > 1e-3
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-9)

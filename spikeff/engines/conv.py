@@ -27,6 +27,14 @@ O(chunk_steps) when training replays a phase; as the dense engine, training inst
 first pass's factors (``keep``: potentials and presynaptic traces of the kept rows,
 :func:`store_bytes`) when they fit ``store_budget_mb``, and :func:`grads_from_store` computes the
 update from them with the replay's code (bit-identical), without simulating the phase again.
+
+When the parts of the batch draw the same spikes on the image channels (``shared_input`` of the
+source, a :class:`spikeff.encoding.SharedInput`: ``shared_input_noise``, e.g. the regular code,
+whose spikes depend on the image alone), a first conv layer on numpy computes the image's current
+once per sample (kept for the batch's next phase: the neutral pass's serves the positive and
+negative rows) and adds each row's label maps' current; its kernels' update multiplies the image
+patches once by the parts' summed factors. The same sums in another order (equal to rounding), as
+the dense engine's :func:`spikeff.engines.vectorized._shared_currents`.
 """
 from __future__ import annotations
 
@@ -39,8 +47,8 @@ from ..goodness import Goodness
 from ..layers import Geometry, im2col, pool_spikes
 from ..neuron import DiscreteLIF, bias_trace, lif_scan, lif_scan_xp, trace_filter, trace_scan
 from .base import PhaseResult
-from .conv_numpy import conv_currents_np, conv_kernel_grad_np
-from .vectorized import _parallel_tiles
+from .conv_numpy import conv_currents_np, conv_kernel_grad_np, label_currents_np, label_grad_np
+from .vectorized import _kept_share, _parallel, _parallel_tiles
 
 MAX_ELEMENTS = 1 << 23     # patch entries per im2col block (32 MB in float32)
 NEURON_BLOCK = 1 << 18     # neuron-steps per block of the elementwise work (1 MB in float32: in the cache)
@@ -123,9 +131,14 @@ def _scale(modulator, geo: Geometry, B: int, T: int):
 class _Layer:
     """State and work of one layer for one phase (O(chunk) memory)."""
 
-    def __init__(self, W, bias, geo: Geometry, lif, goodness, B, modulator, T, xp, normalize, keep=None):
+    def __init__(self, W, bias, geo: Geometry, lif, goodness, B, modulator, T, xp, normalize, keep=None,
+                 share=None):
         self.W, self.geo, self.lif, self.goodness, self.xp = W, geo, lif, goodness, xp
         self.normalize = normalize
+        # the input's image channels are the same in share.copies parts of the batch (numpy, a
+        # first conv layer): its image current and kernel update once per sample (_shared_*)
+        self.share = share if (xp is np and geo.is_conv and not normalize) else None
+        self.t0 = 0
         self.B, self.N, self.M, self.dtype = B, geo.n_neurons, geo.n_in, W.dtype
         self.np = xp is np
         self.learn = modulator is not None
@@ -172,7 +185,9 @@ class _Layer:
             x = x * xp.sqrt(M / xp.maximum(xp.sum(x, axis=2, keepdims=True), xp.asarray(1, dtype=x.dtype)))
         eu, ev = self._traces(x, k)
         Eu = xp.reshape(eu, (k * B, M))
-        if self.np and geo.is_conv:         # the numpy fast path: wide GEMMs, reused buffers
+        if self.np and geo.is_conv and self.share is not None:
+            U = self._shared_currents(eu, k, np.empty((k * B, N), dtype=self.dtype))
+        elif self.np and geo.is_conv:         # the numpy fast path: wide GEMMs, reused buffers
             U = conv_currents_np(Eu, self.W, geo, np.empty((k * B, N), dtype=self.dtype), MAX_ELEMENTS)
         else:
             U = conv_currents(Eu, self.W, geo, xp) if geo.is_conv else Eu @ self.W.T
@@ -194,7 +209,45 @@ class _Layer:
             out = xp.reshape(pool_spikes(xp.reshape(spikes, (k * B, N)), geo, xp), (k, B, geo.n_out))
         if self.learn:
             self.accumulate(post, ev, e_b_steps)
+        self.t0 += k
         return out, spikes, v_rec
+
+    def _shared_currents(self, eu, k, out):
+        """The chunk's currents into ``out`` (k*B, N) when the image channels are the same in the
+        ``share.copies`` parts of the batch: the image's current of one part's rows (kept in
+        ``share.currents`` for the batch's next phase, or taken from there) plus each row's own
+        label maps' current."""
+        share, W, geo = self.share, self.W, self.geo
+        B, N, M = self.B, self.N, self.M
+        c = share.copies
+        R = B // c
+        key = (self.t0, k)
+        U = share.currents.get(key)
+        if U is None or U[1] is not W:             # made from these weights, or made now
+            A = np.ascontiguousarray(eu[:, :R]).reshape(k * R, M)
+            Ui = conv_currents_np(A, W, geo, np.empty((k * R, N), dtype=self.dtype), MAX_ELEMENTS, labels=False)
+            share.currents[key] = U = (Ui.reshape(k, R, N), W)
+        if geo.n_global:
+            label_currents_np(np.reshape(eu, (k * B, M)), W, geo, out)
+        else:
+            out[...] = 0
+        o, Ui = out.reshape(k, c, R, N), U[0]
+        _parallel(lambda sl: np.add(o[:, :, sl], Ui[:, None, sl], out=o[:, :, sl]), R, k * c * N)
+        return out
+
+    def _shared_grad(self, post, ev):
+        """The chunk's update (channels, C*k*k + P*G) when the image channels are the same in the
+        ``share.copies`` parts: the image patches once per sample times the parts' summed factors
+        ``post`` (k, B, N); the label maps per row."""
+        geo, c = self.geo, self.share.copies
+        k, B, N = post.shape
+        R, M = B // c, ev.shape[2]
+        P = post.reshape(k, c, R, N).sum(axis=1).reshape(k * R, N)
+        A = np.ascontiguousarray(ev[:, :R]).reshape(k * R, M)
+        dW = conv_kernel_grad_np(P, A, geo, MAX_ELEMENTS, labels=False)
+        if geo.n_global:
+            dW[:, geo.n_kernel:] = label_grad_np(post.reshape(k * B, N), ev.reshape(k * B, M), geo)
+        return dW
 
     def _neurons_np(self, V, ev, e_b_steps, record):
         """numpy: membrane (in place on the currents ``V`` (k, B, N)), spikes (bool), spike counts,
@@ -240,7 +293,9 @@ class _Layer:
         xp, geo, k = self.xp, self.geo, post.shape[0]
         post2 = xp.reshape(post, (k * self.B, self.N))
         Ev = xp.reshape(ev, (k * self.B, self.M))
-        if self.np and geo.is_conv:
+        if self.np and geo.is_conv and self.share is not None and self.share.copies > 1:
+            self.dW += self._shared_grad(post, ev)
+        elif self.np and geo.is_conv:
             self.dW += conv_kernel_grad_np(post2, Ev, geo, MAX_ELEMENTS)
         else:
             g = conv_kernel_grad(post2, Ev, geo, xp) if geo.is_conv else post2.T @ Ev
@@ -269,6 +324,7 @@ class ConvStoredFactors:
     n_steps: int
     rows: int
     consumed: bool = False
+    share: object = None        # the first layer's SharedInput when whole parts of the batch were kept
 
     @property
     def nbytes(self) -> int:
@@ -299,7 +355,8 @@ def grads_from_store(stored: ConvStoredFactors, modulators) -> list:
         if m.shape not in ((stored.rows,), (stored.rows, geo.spec.channels if geo.is_conv else -1)):
             raise ValueError(f"layer {l}: modulators must have shape ({stored.rows},) (one per kept row), "
                              f"or ({stored.rows}, channels) for a conv layer, got {m.shape}")
-        layer = _Layer(W, None, geo, stored.lif, stored.goodness, stored.rows, m, stored.n_steps, np, False)
+        layer = _Layer(W, None, geo, stored.lif, stored.goodness, stored.rows, m, stored.n_steps, np, False,
+                       share=stored.share if l == 0 else None)
         for V, Ev, e_b_steps in chunks:
             layer.accumulate(layer.post(V), Ev, e_b_steps)
         out.append(layer.grads())
@@ -327,7 +384,9 @@ def run_phase(weights, biases, lif: DiscreteLIF, goodness: Goodness, source, chu
     if source.shape[1] != geometries[0].n_in:
         raise ValueError(f"source has {source.shape[1]} channels, the first layer expects {geometries[0].n_in}")
     mods = modulators if modulators is not None else [None] * L
-    layers = [_Layer(W, biases[l], geometries[l], lif, goodness, B, mods[l], T, xp, normalize and l > 0, keep)
+    share = getattr(source, "shared_input", None) if xp is np else None    # see _Layer._shared_currents
+    layers = [_Layer(W, biases[l], geometries[l], lif, goodness, B, mods[l], T, xp, normalize and l > 0, keep,
+                     share=share if l == 0 else None)
               for l, W in enumerate(weights)]
     rec_in, rec_s, rec_v = [], [[] for _ in range(L)], [[] for _ in range(L)]
     e_b = 0.0
@@ -348,7 +407,8 @@ def run_phase(weights, biases, lif: DiscreteLIF, goodness: Goodness, source, chu
     if keep is not None:
         rows = len(range(B)[keep])
         result.stored = ConvStoredFactors([layer.stored for layer in layers],
-                                          [(layer.W, layer.geo) for layer in layers], lif, goodness, T, rows)
+                                          [(layer.W, layer.geo) for layer in layers], lif, goodness, T, rows,
+                                          share=_kept_share(layers[0].share, range(B)[keep], B))
     if any(layer.learn for layer in layers):
         result.grads = [layer.grads() if layer.learn else None for layer in layers]
     if record:

@@ -57,13 +57,15 @@ def _buffer(name, geo, step, rows, dtype):
     return buf[:rows[0] * rows[1] * geo.n_positions].reshape(rows[0], rows[1] * geo.n_positions)
 
 
-def conv_currents_np(X, W, geo: Geometry, out, max_elements: int):
+def conv_currents_np(X, W, geo: Geometry, out, max_elements: int, labels: bool = True):
     """``conv(W, X)`` for rows ``X`` (R, M) written into ``out`` (R, N) (neurons in (channel, row,
-    column) order): the numpy form of :func:`spikeff.engines.conv.conv_currents`."""
+    column) order): the numpy form of :func:`spikeff.engines.conv.conv_currents`. ``labels=False``:
+    the image's part alone (the kernels; the label maps left out)."""
     R, P, Co, F = X.shape[0], geo.n_positions, geo.spec.channels, geo.n_kernel
     Wk = W[:, :F]
-    if geo.n_global:          # label maps: (R, G) @ (G, N), then the kernels' part is added
-        np.matmul(X[:, geo.n_in - geo.n_global:], W[:, F:].reshape(geo.n_neurons, geo.n_global).T, out=out)
+    add = bool(geo.n_global) and labels
+    if add:                   # label maps: (R, G) @ (G, N), then the kernels' part is added
+        label_currents_np(X, W, geo, out)
     step, blocks = _blocks(R, geo, max_elements)
     for r0, r1 in blocks:
         n = r1 - r0
@@ -73,7 +75,7 @@ def conv_currents_np(X, W, geo: Geometry, out, max_elements: int):
         dst = out[r0:r1].reshape(n, Co, P)
 
         def put(sl, src=src, dst=dst):
-            if geo.n_global:
+            if add:
                 dst[sl] += src[sl]
             else:
                 np.copyto(dst[sl], src[sl])
@@ -81,10 +83,22 @@ def conv_currents_np(X, W, geo: Geometry, out, max_elements: int):
     return out
 
 
-def conv_kernel_grad_np(post, X, geo: Geometry, max_elements: int):
+def label_currents_np(X, W, geo: Geometry, out):
+    """The label maps' currents ``X_g (R, G) @ W_g.T`` written into ``out`` (R, N)."""
+    F = geo.n_kernel
+    return np.matmul(X[:, geo.n_in - geo.n_global:], W[:, F:].reshape(geo.n_neurons, geo.n_global).T, out=out)
+
+
+def label_grad_np(post, X, geo: Geometry):
+    """The label maps' part of the gradient (channels, P*G) for ``post`` (R, N) and traces ``X`` (R, M)."""
+    return (X[:, geo.n_in - geo.n_global:].T @ post).T.reshape(geo.spec.channels, geo.n_positions * geo.n_global)
+
+
+def conv_kernel_grad_np(post, X, geo: Geometry, max_elements: int, labels: bool = True):
     """``sum_r sum_p post[r, o, p] patch(X[r], p)`` (channels, C*k*k + P*G) in float64, for ``post``
     (R, N) and the presynaptic traces ``X`` (R, M): the numpy form of
-    :func:`spikeff.engines.conv.conv_kernel_grad` (each block's GEMM in the inputs' dtype)."""
+    :func:`spikeff.engines.conv.conv_kernel_grad` (each block's GEMM in the inputs' dtype).
+    ``labels=False``: the kernels' part alone (the label maps' columns left zero)."""
     R, P, Co, F = X.shape[0], geo.n_positions, geo.spec.channels, geo.n_kernel
     dW = np.zeros((Co, F + P * geo.n_global))
     step, blocks = _blocks(R, geo, max_elements)
@@ -95,6 +109,6 @@ def conv_kernel_grad_np(post, X, geo: Geometry, max_elements: int):
         src, dst = post[r0:r1].reshape(n, Co, P), pt.reshape(Co, n, P)
         _parallel(lambda sl: np.copyto(dst[:, sl], src[sl].transpose(1, 0, 2)), n, Co * P)
         dW[:, :F] += pt @ cols.T
-    if geo.n_global:
-        dW[:, F:] = (X[:, geo.n_in - geo.n_global:].T @ post).T.reshape(Co, P * geo.n_global)
+    if geo.n_global and labels:
+        dW[:, F:] = label_grad_np(post, X, geo)
     return dW
