@@ -138,15 +138,17 @@ def main(argv=None):
 
 def readout_epoch_seconds_per_row(net, X_val, y_val) -> float:
     """Seconds per feature row of one epoch of the readout refit, timed on a throwaway readout
-    fitting the validation features (in the refit's dtype; the network's readout is untouched). A
-    few thousand rows take longer per row than the refit's many (buffers, caches): an upper estimate."""
+    fitting the validation features (in the refit's dtype; the network's readout is untouched),
+    after one warm-up epoch."""
     c = net.config
     F = net.readout_features(X_val)
     if c.readout_mirror:
         F = F.astype(np.float32)       # as the mirror refit stores its features
     probe = LinearReadout(F.shape[1], net.n_classes_, c.readout_learning_rate)
+    order = np.random.default_rng(0).permutation(len(F))
+    probe.fit_epoch(F, np.asarray(y_val), order)            # warm-up (threads, buffers); labels 0..9
     t0 = time.perf_counter()
-    probe.fit_epoch(F, np.asarray(y_val), np.random.default_rng(0).permutation(len(F)))   # labels 0..9
+    probe.fit_epoch(F, np.asarray(y_val), order, label_smoothing=c.readout_final_label_smoothing)
     return (time.perf_counter() - t0) / len(F)
 
 

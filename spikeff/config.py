@@ -156,6 +156,7 @@ class FFConfig:
     readout_learning_rate: float = 0.01
     readout_final_epochs: int = 0      # after the last epoch, refit the readout on fixed features
     readout_final_schedule: str = "constant"   # the refit's learning-rate schedule over its epochs (as lr_schedule)
+    readout_final_label_smoothing: float = 0.0   # the refit's targets: (1 - s) one-hot + s / n_classes
     readout_input: str = "goodness"    # or "goodness_and_counts": the spike counts appended (spikeff.readout)
     readout_mirror: bool = False       # refit also on left-right mirror images; predict from image + mirror
     train_mirror: bool = False         # FF training: a random half of each batch's images mirrored left-right
@@ -205,6 +206,9 @@ class FFConfig:
                "readout_mirror", "needs readout = true, readout_final_epochs > 0 (the refit learns the "
                "mirror images) and an image input_shape")
         _check(not self.train_mirror or self.input_shape, "train_mirror", "needs an image input_shape")
+        s = self.readout_final_label_smoothing
+        _check(isinstance(s, (int, float)) and not isinstance(s, bool) and 0 <= s < 1,
+               "readout_final_label_smoothing", f"must be a number in [0, 1), got {s!r}")
         if isinstance(self.neuron, dict):
             object.__setattr__(self, "neuron", NeuronConfig.from_dict(self.neuron))
         _check(isinstance(self.neuron, NeuronConfig), "neuron",
@@ -263,6 +267,8 @@ class FFConfig:
             del d["readout_mirror"]
         if not self.train_mirror:                       # likewise
             del d["train_mirror"]
+        if not self.readout_final_label_smoothing:      # likewise
+            del d["readout_final_label_smoothing"]
         return d
 
     @classmethod

@@ -649,6 +649,8 @@ class FFNetwork(EstimatorProtocol):
         The features are computed once (one forward pass per sample, O(n_samples * n_hidden)
         memory), so the readout no longer chases features that drift during FF training.
         Returns the mean cross-entropy of the last epoch. ``y``: class labels (values of ``classes_``).
+        The config's ``readout_mirror`` and ``readout_final_label_smoothing`` apply, as in the refit
+        after the last epoch.
         """
         self._check_fitted()
         if self.readout_ is None:
@@ -692,7 +694,8 @@ class FFNetwork(EstimatorProtocol):
         loss = float("nan")
         for epoch in range(epochs):
             self.readout_.opt.lr = c.readout_learning_rate * lr_factor(c.readout_final_schedule, epoch, epochs)
-            loss = self.readout_.fit_epoch(F, y, rng.permutation(len(F)), batch_size)
+            loss = self.readout_.fit_epoch(F, y, rng.permutation(len(F)), batch_size,
+                                           c.readout_final_label_smoothing)
         return loss
 
     # -- persistence ---------------------------------------------------------------------------

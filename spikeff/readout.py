@@ -48,12 +48,21 @@ class LinearReadout:
     def logits(self, F):
         return F @ self.W + self.b
 
-    def step(self, F, y) -> float:
-        """One Adam step of cross-entropy on features F (B, D), labels y (B,). Returns the loss."""
+    def step(self, F, y, label_smoothing: float = 0.0) -> float:
+        """One Adam step of cross-entropy on features F (B, D), labels y (B,). Returns the loss.
+        ``label_smoothing`` s: the targets are ``(1 - s) one_hot(y) + s / n_classes``."""
         P = softmax(self.logits(F))
         B = len(y)
-        loss = float(-np.mean(np.log(P[np.arange(B), y] + 1e-12)))
-        P[np.arange(B), y] -= 1.0
+        rows = np.arange(B)
+        if label_smoothing:
+            s, C = float(label_smoothing), P.shape[1]
+            logp = np.log(P + 1e-12)
+            loss = float(-np.mean((1 - s) * logp[rows, y] + s / C * logp.sum(axis=1)))
+            P -= s / C
+            P[rows, y] -= 1.0 - s
+        else:
+            loss = float(-np.mean(np.log(P[rows, y] + 1e-12)))
+            P[rows, y] -= 1.0
         P /= B
         # (P^T F)^T: the same sums as F^T P (to rounding), a GEMM shape BLAS runs about twice as fast
         self.opt.step([self.W, self.b], [(P.T @ F).T, P.sum(axis=0)])
@@ -62,10 +71,11 @@ class LinearReadout:
     def predict(self, F):
         return np.argmax(self.logits(F), axis=1)
 
-    def fit_epoch(self, F, y, order, batch_size: int = 256) -> float:
+    def fit_epoch(self, F, y, order, batch_size: int = 256, label_smoothing: float = 0.0) -> float:
         """One epoch of :meth:`step` on the rows of features ``F`` (n, D) taken in ``order``, in
-        batches of ``batch_size``; returns the mean loss. Each batch is gathered (in the engine
-        threads) into work buffers reused from batch to batch and cast to the readout's dtype there:
+        batches of ``batch_size`` (with ``label_smoothing``); returns the mean loss. Each batch is
+        gathered (in the engine threads) into work buffers reused from batch to batch and cast to the
+        readout's dtype there:
         the same steps as ``step(F[idx], y[idx])``, bit for bit, without allocating two copies of
         every batch (for a large ``F``, e.g. a float32 block of the mirror refit, those allocations
         and the casts inside the GEMMs took most of the epoch)."""
@@ -84,5 +94,5 @@ class LinearReadout:
                 if cast is not gathered:
                     cast[sl] = gathered[sl]
             _parallel(take, m, D)
-            losses.append(self.step(cast[:m], y[idx]) * m)
+            losses.append(self.step(cast[:m], y[idx], label_smoothing) * m)
         return float(np.sum(losses) / n)

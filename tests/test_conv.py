@@ -524,10 +524,10 @@ def test_readout_mirror_refits_on_mirror_images_and_predicts_from_both(digits, t
     rows = []                      # the feature rows the refit learns from (its readout has mirror set)
     step = LinearReadout.step
 
-    def recording_step(self, F, labels):
+    def recording_step(self, F, labels, *smoothing):
         if self.mirror_shape is not None:
             rows.append((np.array(F), np.array(labels)))
-        return step(self, F, labels)
+        return step(self, F, labels, *smoothing)
     net = FFNetwork(cfg)
     monkeypatch.setattr(LinearReadout, "step", recording_step)
     net.fit(X, y, n_classes=10)

@@ -165,7 +165,8 @@ def test_readout_refit_schedule(digits, monkeypatch):
     net = FFNetwork(TINY.replace(readout_learning_rate=0.02)).fit(X, y)
     seen = []
     step = LinearReadout.step
-    monkeypatch.setattr(LinearReadout, "step", lambda self, F, yy: seen.append(self.opt.lr) or step(self, F, yy))
+    monkeypatch.setattr(LinearReadout, "step",
+                        lambda self, F, yy, *a: seen.append(self.opt.lr) or step(self, F, yy, *a))
     net.fit_readout(X, y, epochs=3, batch_size=80)
     assert seen == [0.02] * 3
     seen.clear()
@@ -178,6 +179,56 @@ def test_readout_refit_schedule(digits, monkeypatch):
     assert config_hash(TINY) != config_hash(TINY.replace(readout_final_schedule="cosine"))
     with pytest.raises(ConfigError, match="readout_final_schedule"):
         TINY.replace(readout_final_schedule="linear")
+
+
+def test_readout_label_smoothing_step_is_the_gradient_of_the_smoothed_loss(digits, monkeypatch):
+    """``readout_final_label_smoothing`` s: the refit's step follows the exact gradient of the
+    cross-entropy against ``(1 - s) one_hot + s / C`` (central differences) and returns that loss;
+    s = 0 is the plain step; the refit after the last epoch uses it (the online readout does not);
+    off by default (same config hash); values outside [0, 1) are refused."""
+    from spikeff.readout import LinearReadout, softmax
+    from spikeff.runs import config_hash
+    rng = np.random.default_rng(3)
+    F, y, s = rng.normal(size=(12, 7)), rng.integers(0, 4, 12), 0.2
+
+    def loss(W, b, s):
+        logp = np.log(softmax(F @ W + b))
+        T = np.full((12, 4), s / 4)
+        T[np.arange(12), y] += 1 - s
+        return -np.mean(np.sum(T * logp, axis=1))
+    for smooth in (0.0, s):
+        r = LinearReadout(7, 4, lr=0.1)
+        r.W[...] = rng.normal(size=(7, 4))
+        r.b[...] = rng.normal(size=4)
+        W0, b0 = r.W.copy(), r.b.copy()
+        grads = []
+        monkeypatch.setattr(r.opt, "step", lambda params, g: grads.append([np.array(x) for x in g]))
+        value = r.step(F, y, smooth)
+        assert value == pytest.approx(loss(W0, b0, smooth), rel=1e-9)
+        eps = 1e-6
+        num = np.zeros_like(W0)
+        for idx in np.ndindex(*W0.shape):
+            Wp, Wm = W0.copy(), W0.copy()
+            Wp[idx] += eps
+            Wm[idx] -= eps
+            num[idx] = (loss(Wp, b0, smooth) - loss(Wm, b0, smooth)) / (2 * eps)
+        np.testing.assert_allclose(grads[0][0], num, rtol=1e-6, atol=1e-9)
+        numb = [(loss(W0, b0 + eps * e, smooth) - loss(W0, b0 - eps * e, smooth)) / (2 * eps) for e in np.eye(4)]
+        np.testing.assert_allclose(grads[0][1], numb, rtol=1e-6, atol=1e-9)
+    X, yd = digits.X_train[:80], digits.y_train[:80]
+    seen = []
+    step = LinearReadout.step
+    monkeypatch.setattr(LinearReadout, "step", lambda self, Fb, yb, ls=0.0: seen.append(ls) or step(self, Fb, yb, ls))
+    cfg = TINY.replace(readout_final_epochs=2, readout_final_label_smoothing=0.1)
+    net = FFNetwork(cfg).fit(X, yd)
+    assert seen[:2] == [0.0, 0.0] and seen[-1] == 0.1       # online readout plain, the refit smoothed
+    assert net.score(X, yd, method="readout") > 0.25      # chance: 0.1
+    assert "readout_final_label_smoothing" not in TINY.to_dict()
+    assert config_hash(TINY) == config_hash(TINY.replace(readout_final_label_smoothing=0.0))
+    assert config_hash(TINY) != config_hash(cfg)
+    for bad in (-0.1, 1.0, True, "0.1"):
+        with pytest.raises(ConfigError, match="readout_final_label_smoothing"):
+            TINY.replace(readout_final_label_smoothing=bad)
 
 
 def test_readout_input_goodness_and_counts(digits, tmp_path):
