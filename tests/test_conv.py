@@ -669,9 +669,13 @@ def test_conv_training_with_shared_input_equals_the_plain_engine(digits, monkeyp
     from spikeff.encoding import ConcatSource
     X, y = digits.X_train[:64], digits.y_train[:64]
     cfg = conv_config(encoding=encoding, negatives="readout_hard", readout=True, shared_input_noise=True)
-    weights, seen = {}, []
-    real = conv.run_phase
+    weights, seen, shared_calls = {}, [], []
+    real, real_shared = conv.run_phase, conv._Layer._shared_currents
+    monkeypatch.setattr(conv._Layer, "_shared_currents",
+                        lambda self, *a: shared_calls.append(1) or real_shared(self, *a))
     for plain in (False, True):
+        shared_calls.clear()
+
         def engine(W, b, lif, g, source, *a, plain=plain, **kw):
             seen.append(source.all_steps())
             if plain:
@@ -683,6 +687,7 @@ def test_conv_training_with_shared_input_equals_the_plain_engine(digits, monkeyp
         for i in (0, 32):
             net.train_batch(X[i:i + 32], y[i:i + 32], seed=[0, i])
         weights[plain] = [w.copy() for w in net.weights_]
+        assert bool(shared_calls) != plain              # the shared path, only where the engine knows
     first = np.concatenate(seen[:2], axis=1)            # neutral, then positive and negative
     assert first.shape[1] == 3 * 32
     for p in (1, 2):

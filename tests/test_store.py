@@ -112,21 +112,24 @@ def test_store_budget_decides(monkeypatch):
         FFNetwork(cfg).store_budget_mb
 
 
-@pytest.mark.parametrize("negatives", ["readout_hard", "random"])
-def test_shared_input_noise_in_training(small_config, digits, monkeypatch, negatives):
+@pytest.mark.parametrize("negatives,encoding", [("readout_hard", "rate"), ("random", "rate"),
+                                                ("readout_hard", "regular")])
+def test_shared_input_noise_in_training(small_config, digits, monkeypatch, negatives, encoding):
     """``shared_input_noise``: every phase of a batch sees the same image spikes (only the label
     channels differ), and the engine's once-per-sample image current and update give the weights
-    of the plain GEMMs on those spikes (float64, two steps: to 1e-9); off, the config and its hash
-    are the same as before the option existed."""
+    of the plain GEMMs on those spikes (float64, two steps: to 1e-9), with the rate code and with
+    the regular code (the same spikes in every phase anyway); off, the config and its hash are the
+    same as before the option existed."""
     import spikeff.engines.vectorized as vec
     from spikeff.runs import config_hash
     assert "shared_input_noise" not in small_config.to_dict()
     assert config_hash(small_config) == config_hash(small_config.replace(shared_input_noise=False))
     assert config_hash(small_config) != config_hash(small_config.replace(shared_input_noise=True))
     X, y = digits.X_train[:64], digits.y_train[:64]
-    cfg = small_config.replace(negatives=negatives, shared_input_noise=True)
-    seen, weights = [], {}
-    real = vec.run_phase
+    cfg = small_config.replace(negatives=negatives, shared_input_noise=True, encoding=encoding)
+    seen, weights, shared_calls = [], {}, []
+    real, real_shared = vec.run_phase, vec._shared_currents
+    monkeypatch.setattr(vec, "_shared_currents", lambda *a: shared_calls.append(1) or real_shared(*a))
     for plain in (False, True):
         def engine(W, b, lif, g, source, *a, plain=plain, **kw):
             seen.append(source.all_steps())
@@ -139,6 +142,8 @@ def test_shared_input_noise_in_training(small_config, digits, monkeypatch, negat
         for i in (0, 32):
             net.train_batch(X[i:i + 32], y[i:i + 32], seed=[0, i])
         weights[plain] = [w.copy() for w in net.weights_]
+        if not plain:
+            assert shared_calls                     # the engine took the shared path
     n = X.shape[1]
     first = np.concatenate(seen[:2], axis=1) if negatives == "readout_hard" else seen[0]
     assert first.shape[1] == 3 * 32
