@@ -75,10 +75,9 @@ class LinearReadout:
         """One epoch of :meth:`step` on the rows of features ``F`` (n, D) taken in ``order``, in
         batches of ``batch_size`` (with ``label_smoothing``); returns the mean loss. Each batch is
         gathered (in the engine threads) into work buffers reused from batch to batch and cast to the
-        readout's dtype there:
-        the same steps as ``step(F[idx], y[idx])``, bit for bit, without allocating two copies of
-        every batch (for a large ``F``, e.g. a float32 block of the mirror refit, those allocations
-        and the casts inside the GEMMs took most of the epoch)."""
+        readout's dtype there: the same steps as ``step(F[idx], y[idx])``, bit for bit, without
+        allocating two copies of every batch (for a large ``F``, e.g. a float32 block of the mirror
+        refit, those allocations and the casts inside the GEMMs took most of the epoch)."""
         from .engines.vectorized import _parallel
         n, D = F.shape
         dtype = self.W.dtype
